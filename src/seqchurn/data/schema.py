@@ -87,17 +87,23 @@ class LoadReport:
     rows_read: int = 0
     rows_kept: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
+    changed: dict[str, int] = field(default_factory=dict)
     files: list[str] = field(default_factory=list)
 
     def drop(self, reason: str, count: int) -> None:
         """Record ``count`` rows removed for ``reason`` (zero counts are kept too)."""
         self.dropped[reason] = self.dropped.get(reason, 0) + int(count)
 
+    def change(self, reason: str, count: int) -> None:
+        """Record ``count`` rows kept but altered for ``reason`` (e.g. a missing amount set to 0)."""
+        self.changed[reason] = self.changed.get(reason, 0) + int(count)
+
     def to_dict(self) -> dict:
         return {
             "rows_read": self.rows_read,
             "rows_kept": self.rows_kept,
             "dropped": dict(self.dropped),
+            "changed": dict(self.changed),
             "files": list(self.files),
         }
 

@@ -1,0 +1,65 @@
+"""The ``seqchurn`` command: one sub-command per step.
+
+Hydra steps (train, export, score) take Hydra overrides, e.g.
+``seqchurn train data=online_retail model=gru trainer.max_epochs=5`` or ``seqchurn train -m ...``
+for a sweep. The other steps take ordinary ``--options``; ``seqchurn <step> --help`` lists them.
+
+Exit codes: 0 success, 2 bad input (the message says what to fix), 1 internal failure.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# step -> module with a ``main()``; Hydra steps read sys.argv themselves.
+STEPS = {
+    "train": "seqchurn.train",
+    "export": "seqchurn.export",
+    "score": "seqchurn.score",
+    "synth": "seqchurn.synth",
+    "metrics": "seqchurn.analytics.cli",
+    "report": "seqchurn.report.cli",
+    "alerts": "seqchurn.alerts.cli",
+    "serve": "seqchurn.serving.cli",
+    "drift": "seqchurn.drift_cli",
+    "reidentify": "seqchurn.privacy_cli",
+    "benchmark": "seqchurn.benchmark_cli",
+}
+ARGV_STEPS = {"synth", "metrics", "report", "alerts", "serve", "drift", "reidentify", "benchmark"}
+
+USAGE = """usage: seqchurn <step> [args]
+
+steps:
+  train       train a sequence model (Hydra overrides, -m for sweeps)
+  export      export a trained model to ONNX with its feature spec
+  score       score an event log with an exported model
+  synth       write a synthetic partitioned Parquet event log
+  metrics     churn, retention, cohort and CLV tables from an event log
+  report      HTML evaluation report with charts
+  alerts      deliver, retry and record outcomes of alerts
+  serve       HTTP scoring API
+  drift       compare two logs or scoring runs (PSI)
+  reidentify  map pseudonymised ids back to raw ids (needs the key)
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0
+    step, rest = argv[0], argv[1:]
+    if step not in STEPS:
+        print(f"seqchurn: unknown step {step!r}\n\n{USAGE}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(STEPS[step])
+    if step in ARGV_STEPS:
+        return int(module.main(rest) or 0)
+    sys.argv = [f"seqchurn {step}", *rest]
+    module.main()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,222 @@
+"""Export a trained encoder to ONNX with everything scoring needs.
+
+``seqchurn export ckpt_dir=checkpoints/online_retail_gru`` writes ``model.onnx`` and
+``model.json`` (feature spec, vocabularies, normalisation, churn definition, threshold,
+temperature, model version, data fingerprint, metrics, digest) into ``ckpt_dir``. The same
+JSON is embedded in the ONNX metadata under the key ``seqchurn``.
+
+Export fails unless onnxruntime matches PyTorch within ``parity_tolerance`` on real
+validation sequences at two batch sizes and two padded lengths, with mixed padding sides.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from omegaconf import DictConfig
+from torch import nn
+
+from seqchurn.conf_utils import CONFIG_DIR, register_resolvers
+from seqchurn.data.schema import InputError
+from seqchurn.data.sequences import SequenceArrays
+from seqchurn.errors import exits_on_error
+from seqchurn.models.churn_module import INPUT_NAMES
+from seqchurn.utils.atomic import atomic_path, atomic_write_json
+
+log = logging.getLogger(__name__)
+register_resolvers()
+
+MODEL_FILE, CARD_FILE = "model.onnx", "model.json"
+OUTPUT_NAME = "churn_probability"
+
+
+class ScoringModel(nn.Module):
+    """The encoder plus temperature scaling: inputs -> calibrated P(churn), shape ``(B,)``."""
+
+    def __init__(self, net: nn.Module, temperature: float = 1.0) -> None:
+        super().__init__()
+        self.net = net
+        self.register_buffer("inv_temperature", torch.tensor(1.0 / temperature, dtype=torch.float32))
+
+    def forward(self, event_type: torch.Tensor, item: torch.Tensor, numeric: torch.Tensor, mask: torch.Tensor, static: torch.Tensor) -> torch.Tensor:
+        logits = self.net(event_type, item, numeric, mask, static)[:, 0]  # (B,)
+        return torch.sigmoid(logits * self.inv_temperature)
+
+
+def load_net(summary: dict, ckpt_path: str | Path) -> nn.Module:
+    """Rebuild the plain encoder from a Lightning checkpoint without Lightning."""
+    cfg = dict(summary["net_config"])
+    cfg["_target_"] = cfg.pop("target")
+    net = hydra.utils.instantiate(cfg)
+    state = torch.load(ckpt_path, map_location="cpu", weights_only=False)["state_dict"]
+    net_state = {k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")}
+    net_state = {k.removeprefix("_orig_mod."): v for k, v in net_state.items()}  # torch.compile prefix
+    net.load_state_dict(net_state)
+    return net.eval()
+
+
+def _to_torch(inputs: dict[str, np.ndarray]) -> list[torch.Tensor]:
+    return [torch.as_tensor(np.ascontiguousarray(inputs[k])) for k in INPUT_NAMES]
+
+
+def pad_to(arrays: SequenceArrays, length: int, *, left: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Re-pad right-padded ``arrays`` to ``length``, moving rows flagged in ``left`` to left padding."""
+    n, T = arrays.mask.shape
+    if length < T:
+        raise ValueError(f"Expected a padded length >= {T}, but got {length}")
+    out = {}
+    lengths = arrays.mask.sum(1)
+    shift = np.where(left if left is not None else np.zeros(n, bool), length - lengths, 0)  # (N,)
+    idx = (np.arange(length)[None, :] - shift[:, None])  # (N, L) source position per target
+    valid = (idx >= 0) & (idx < lengths[:, None])
+    src = np.clip(idx, 0, T - 1)
+    rows = np.arange(n)[:, None]
+    for name in ("event_type", "item", "mask"):
+        a = np.asarray(getattr(arrays, name))
+        out[name] = np.where(valid, a[rows, src], np.zeros((), a.dtype))
+    num = np.asarray(arrays.numeric)
+    out["numeric"] = np.where(valid[..., None], num[rows, src], 0.0).astype(np.float32)
+    out["static"] = np.asarray(arrays.static)
+    return out
+
+
+def check_parity(model: nn.Module, onnx_path: Path, arrays: SequenceArrays, tolerance: float, seed: int = 0) -> float:
+    """Max |ORT - torch| over two batch sizes x two padded lengths; raise if over ``tolerance``."""
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(seed)
+    n, T = arrays.mask.shape
+    worst = 0.0
+    for batch in (min(3, n), min(64, n)):
+        rows = rng.choice(n, size=batch, replace=False)
+        sub = arrays.take(rows)
+        for length in (T, T + 13):
+            left = rng.random(batch) < 0.5  # mix padding sides inside one batch
+            inputs = pad_to(sub, length, left=left)
+            with torch.no_grad():
+                expected = model(*_to_torch(inputs)).numpy()
+            got = sess.run([OUTPUT_NAME], {k: inputs[k] for k in INPUT_NAMES})[0]
+            diff = float(np.max(np.abs(got - expected)))
+            log.info("parity batch %d length %d: max |onnxruntime - torch| = %.2e", batch, length, diff)
+            worst = max(worst, diff)
+    if not worst <= tolerance:
+        raise RuntimeError(f"ONNX parity check failed: max difference {worst:.3g} > tolerance {tolerance:g}; the model was not written")
+    return worst
+
+
+def export_onnx(model: nn.Module, example: dict[str, np.ndarray], path: Path, opset: int = 18) -> None:
+    """Export with dynamic batch and sequence axes (example sizes are >= 2 on both)."""
+    from torch.export import Dim
+
+    batch, seq = Dim("batch", min=1), Dim("seq", min=1)
+    dynamic = {"event_type": {0: batch, 1: seq}, "item": {0: batch, 1: seq}, "numeric": {0: batch, 1: seq}, "mask": {0: batch, 1: seq}, "static": {0: batch}}
+    program = torch.onnx.export(
+        model, tuple(_to_torch(example)), input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME],
+        dynamic_shapes=dynamic, dynamo=True, opset_version=opset, external_data=False, verbose=False,
+    )
+    program.save(str(path), external_data=False)
+
+
+def model_digest(onnx_bytes: bytes, card: dict) -> str:
+    """SHA-256 over the ONNX bytes and the canonical JSON of the card minus its digest."""
+    body = {k: v for k, v in card.items() if k != "sha256"}
+    h = hashlib.sha256(onnx_bytes)
+    h.update(json.dumps(body, sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+def export(ckpt_dir: str | Path, *, ckpt: str | None = None, out_dir: str | Path | None = None, tolerance: float = 1e-4) -> Path:
+    """Export the model trained into ``ckpt_dir``; return the ONNX path."""
+    ckpt_dir = Path(ckpt_dir)
+    summary_path = ckpt_dir / "training_summary.json"
+    if not summary_path.exists():
+        raise InputError("no training_summary.json here; run `seqchurn train` first or point ckpt_dir at its checkpoint folder", file=str(ckpt_dir))
+    summary = json.loads(summary_path.read_text())
+    ckpt_path = Path(ckpt or summary.get("best_checkpoint") or ckpt_dir / "best.ckpt")
+    if not ckpt_path.exists():
+        raise InputError("checkpoint not found", file=str(ckpt_path))
+    out_dir = Path(out_dir or ckpt_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    net = load_net(summary, ckpt_path)
+    model = ScoringModel(net, summary.get("temperature", 1.0)).eval()
+    val = _validation_arrays(summary)
+    card = _model_card(summary, model, val)
+
+    example = pad_to(val.take(np.arange(min(4, len(val)))), val.mask.shape[1])
+    onnx_path = out_dir / MODEL_FILE
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp) / MODEL_FILE
+        export_onnx(model, example, tmp_path)
+        card["parity_max_abs_diff"] = check_parity(model, tmp_path, val, tolerance)
+        proto = onnx.load(str(tmp_path))
+        del proto.metadata_props[:]
+        meta = proto.metadata_props.add()
+        meta.key, meta.value = "seqchurn", json.dumps({k: v for k, v in card.items() if k != "drift_reference"}, default=str)
+        onnx_bytes = proto.SerializeToString()
+    card["sha256"] = model_digest(onnx_bytes, card)
+    with atomic_path(onnx_path) as tmp_onnx:
+        tmp_onnx.write_bytes(onnx_bytes)
+    atomic_write_json(out_dir / CARD_FILE, card)
+    log.info("exported %s (version %s, threshold %.3f, parity %.1e)", onnx_path, card["model_version"], card["threshold"], card["parity_max_abs_diff"])
+    return onnx_path
+
+
+def _validation_arrays(summary: dict) -> SequenceArrays:
+    """Real validation sequences, rebuilt (or read from the cache) from the training data config."""
+    from seqchurn.data.datamodule import ChurnDataModule
+
+    data_cfg = summary["data_config"]
+    dm = ChurnDataModule(data_cfg, batch_size=256, cache_dir=data_cfg.get("cache_dir"))
+    dm.prepare()
+    if dm.spec.to_dict() != summary["feature_spec"]:
+        raise InputError(
+            "the validation data rebuilt from the training config no longer matches the checkpoint's feature spec "
+            "(the log or its config changed since training)", hint="Re-train, or restore the original log",
+        )
+    return dm.arrays["val"]
+
+
+def _model_card(summary: dict, model: nn.Module, val: SequenceArrays) -> dict[str, Any]:
+    created = dt.datetime.now(dt.timezone.utc)
+    version = f"{summary['run_name']}-{created:%Y%m%d%H%M%S}"
+    with torch.no_grad():
+        val_prob = model(*_to_torch(val.as_inputs())).numpy()
+    return {
+        "format_version": 1,
+        "model_version": version,
+        "model_name": summary["model_name"],
+        "created_at": created.isoformat(),
+        "input_names": list(INPUT_NAMES),
+        "output_names": [OUTPUT_NAME],
+        "feature_spec": summary["feature_spec"],
+        "churn_definition": summary["churn_definition"],
+        "threshold": summary["threshold"],
+        "threshold_strategy": summary["threshold_strategy"],
+        "temperature": summary["temperature"],
+        "data_name": summary["data_name"],
+        "data_fingerprint": summary["data_fingerprint"],
+        "val_metrics": summary["val_metrics"],
+        "test_metrics": summary["test_metrics"],
+        "val_score_quantiles": np.quantile(val_prob, np.linspace(0, 1, 11)).tolist(),
+    }
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="export")
+@exits_on_error
+def main(cfg: DictConfig) -> None:
+    export(hydra.utils.to_absolute_path(cfg.ckpt_dir), ckpt=cfg.get("ckpt"), out_dir=cfg.get("out_dir"), tolerance=cfg.parity_tolerance)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,187 @@
+"""Train a churn model: ``seqchurn train [hydra overrides]`` or ``python -m seqchurn.train``.
+
+Steps: build snapshots and sequences, fit the encoder with early stopping on
+``val/auprc``, calibrate (temperature) and choose the alert threshold on validation,
+evaluate once on test, and write ``training_summary.json`` beside the checkpoints. The
+summary is what ``seqchurn export`` needs besides the weights.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from seqchurn.conf_utils import CONFIG_DIR, register_resolvers
+from seqchurn.data.datamodule import ChurnDataModule
+from seqchurn.data.sequences import length_batches
+from seqchurn.errors import exits_on_error
+from seqchurn.metrics import binary_report
+from seqchurn.models.calibration import choose_threshold, fit_temperature
+from seqchurn.utils.atomic import atomic_write_json
+
+log = logging.getLogger(__name__)
+register_resolvers()
+
+
+def resolve_precision(cfg: DictConfig) -> str:
+    """``trainer.precision: null`` means bf16-mixed on a GPU and 32-true on the CPU."""
+    accelerator = str(cfg.trainer.get("accelerator", "auto"))
+    on_gpu = torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda")
+    precision = cfg.trainer.get("precision") or ("bf16-mixed" if on_gpu else "32-true")
+    if on_gpu:
+        log.info("training on GPU (%s, %d visible) with precision %s", torch.cuda.get_device_name(0), torch.cuda.device_count(), precision)
+    else:
+        log.info("training on CPU (%d threads) with precision %s", torch.get_num_threads(), precision)
+    return str(precision)
+
+
+def build(cfg: DictConfig) -> tuple[ChurnDataModule, pl.LightningModule]:
+    """Instantiate the data module and the LightningModule with its injected encoder."""
+    dm = ChurnDataModule(cfg.data, batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers, cache_dir=cfg.data.get("cache_dir"), seed=cfg.seed)
+    dims = dm.net_dims()
+    log.info("instantiating encoder <%s>", cfg.model.net._target_)
+    net = hydra.utils.instantiate(cfg.model.net, **dims)
+    net_config = {**OmegaConf.to_container(cfg.model.net, resolve=True), **dims}
+    # Stored as "target", not "_target_", so Hydra does not instantiate it a second time.
+    net_config["target"] = net_config.pop("_target_")
+    model = hydra.utils.instantiate(cfg.model, net=net, net_config=net_config)
+    model.set_pos_weight(torch.as_tensor(dm.labels("train"), dtype=torch.float32))
+    return dm, model
+
+
+def predict_logits(net: torch.nn.Module, arrays: Any, batch_size: int = 1024) -> np.ndarray:
+    """Churn logits of the first output for every row of ``arrays`` (eval mode, no grad)."""
+    net.eval()
+    inputs = arrays.as_inputs()
+    out = np.zeros(len(arrays), dtype=np.float32)
+    with torch.no_grad():
+        for idx, length in length_batches(inputs["mask"], batch_size):
+            batch = [torch.as_tensor(np.asarray(inputs[k])[idx][:, :length]) for k in ("event_type", "item", "numeric", "mask")]
+            batch.append(torch.as_tensor(np.asarray(inputs["static"])[idx]))
+            out[idx] = net(*batch)[:, 0].float().numpy()
+    return out
+
+
+def recency_scores(dm: ChurnDataModule, split: str) -> np.ndarray:
+    """Days since last activity before the cutoff, up to a monotone transform: the recency baseline."""
+    return np.asarray(dm.arrays[split].static[:, dm.spec.static_features.index("log_days_since_last_activity")], dtype=np.float64)
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Run training and evaluation; return the summary that is also written to disk."""
+    t0 = time.perf_counter()
+    pl.seed_everything(cfg.seed, workers=True)
+    dm, model = build(cfg)
+    ckpt_dir = Path(cfg.paths.checkpoint_dir)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+
+    callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None and "_target_" in c]
+    loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None and "_target_" in c]
+    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, precision=resolve_precision(cfg))
+
+    resume = None
+    if cfg.get("resume"):
+        last = ckpt_dir / "last.ckpt"
+        resume = str(last) if last.exists() else None
+        log.info("resuming from %s", resume) if resume else log.warning("resume=true but %s does not exist; starting fresh", last)
+    trainer.fit(model, datamodule=dm, ckpt_path=resume)
+    if trainer.fast_dev_run:
+        log.info("fast_dev_run: skipping calibration, test and summary")
+        return {}
+
+    best_path = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    if best_path:
+        state = torch.load(best_path, map_location="cpu", weights_only=False)["state_dict"]
+        model.load_state_dict(state)
+        log.info("best checkpoint: %s (val/auprc %.4f)", best_path, float(trainer.checkpoint_callback.best_model_score or float("nan")))
+    net = model.net.cpu().float()
+
+    # Calibrate and choose the threshold on validation only; test is touched once, below.
+    val_logits = predict_logits(net, dm.arrays["val"])
+    val_y = dm.labels("val")
+    temperature = fit_temperature(val_logits, val_y) if cfg.calibrate else 1.0
+    val_prob = 1 / (1 + np.exp(-val_logits / temperature))
+    th = cfg.threshold
+    threshold = choose_threshold(val_prob, val_y, th.strategy, target_precision=th.get("target_precision"), top_k_percent=th.get("top_k_percent"))
+
+    test_logits = predict_logits(net, dm.arrays["test"])
+    test_y = dm.labels("test")
+    test_prob = 1 / (1 + np.exp(-test_logits / temperature))
+    test_metrics = binary_report(test_y, test_prob)
+    pred = test_prob >= threshold
+    tp = int((pred & (test_y == 1)).sum())
+    test_metrics["precision_at_threshold"] = tp / max(int(pred.sum()), 1)
+    test_metrics["recall_at_threshold"] = tp / max(int(test_y.sum()), 1)
+    test_metrics["f1_at_threshold"] = 2 * tp / max(int(pred.sum()) + int(test_y.sum()), 1)
+    baseline = binary_report(test_y, _minmax(recency_scores(dm, "test")))
+
+    summary = {
+        "model_name": cfg.model.name,
+        "run_name": cfg.run_name,
+        "best_checkpoint": best_path,
+        "net_config": _plain(model.hparams.net_config),
+        "feature_spec": dm.spec.to_dict(),
+        "churn_definition": dm.churn.to_dict(),
+        "split": OmegaConf.to_container(cfg.data.split, resolve=True),
+        "data_name": cfg.data.name,
+        "data_config": OmegaConf.to_container(cfg.data, resolve=True),
+        "data_fingerprint": dm.data_fingerprint,
+        "load_report": dm.load_report.to_dict() if dm.load_report else None,
+        "temperature": temperature,
+        "threshold": threshold,
+        "threshold_strategy": OmegaConf.to_container(th, resolve=True),
+        "val_metrics": binary_report(val_y, val_prob),
+        "test_metrics": test_metrics,
+        "baseline_recency_test_metrics": baseline,
+        "n_snapshots": {s: int(len(dm.labels(s))) for s in ("train", "val", "test")},
+        "seed": cfg.seed,
+        "train_seconds": time.perf_counter() - t0,
+    }
+    atomic_write_json(ckpt_dir / "test_metrics.json", {"model": test_metrics, "baseline_recency": baseline, "threshold": threshold})
+    atomic_write_json(ckpt_dir / "training_summary.json", summary)
+    _log_result(summary, ckpt_dir)
+    return summary
+
+
+def _plain(value: Any) -> Any:
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+
+
+def _minmax(x: np.ndarray) -> np.ndarray:
+    lo, hi = float(np.min(x)), float(np.max(x))
+    return (x - lo) / (hi - lo) if hi > lo else np.full_like(x, 0.5)
+
+
+def _log_result(summary: dict, ckpt_dir: Path) -> None:
+    m, b = summary["test_metrics"], summary["baseline_recency_test_metrics"]
+    log.info(
+        "test: %s PR-AUC %.4f AUROC %.4f Brier %.4f | recency baseline PR-AUC %.4f AUROC %.4f | threshold %.3f",
+        summary["model_name"], m["average_precision"], m["auroc"], m["brier"], b["average_precision"], b["auroc"], summary["threshold"],
+    )
+    log.info("checkpoint and summary in %s; export with: seqchurn export ckpt_dir=%s", ckpt_dir, ckpt_dir)
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
+@exits_on_error
+def main(cfg: DictConfig) -> float | None:
+    summary = train(cfg)
+    metric = cfg.get("optimized_metric")
+    if summary and metric:
+        # Sweepers (Optuna) maximise the value returned here.
+        name = metric.split("/")[-1]
+        value = summary["val_metrics"].get({"auprc": "average_precision"}.get(name, name))
+        return float(value) if value is not None else None
+    return None
+
+
+if __name__ == "__main__":
+    main()

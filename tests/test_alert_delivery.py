@@ -352,8 +352,10 @@ def test_unreachable_receiver_defers_batch(store, caplog):
 # ---- secrets and configuration ------------------------------------------------------------------
 
 
-def test_secret_from_env_or_file(tmp_path):
+def test_secret_from_env_or_file(tmp_path, monkeypatch):
     assert load_secret(env="HOOK_SECRET", environ={"HOOK_SECRET": "abc"}) == b"abc"
+    monkeypatch.setenv("SEQCHURN_TEST_HOOK_SECRET", "from-os-environ")
+    assert load_secret(env="SEQCHURN_TEST_HOOK_SECRET") == b"from-os-environ"
     path = tmp_path / "secret"
     path.write_bytes(b"from-file\n")
     assert load_secret(file=path) == b"from-file"

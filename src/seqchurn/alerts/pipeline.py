@@ -7,7 +7,6 @@ also usable alone (``select_alerts``, ``AlertStore.record_run``, ``deliver_pendi
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -34,7 +33,7 @@ class AlertSettings:
     sinks: list[Sink] = field(default_factory=list)
 
     @classmethod
-    def from_dict(cls, config: Mapping, *, environ: Mapping[str, str] = os.environ, sleep: Callable[[float], None] | None = None) -> AlertSettings:
+    def from_dict(cls, config: Mapping, *, environ: Mapping[str, str] | None = None, sleep: Callable[[float], None] | None = None) -> AlertSettings:
         unknown = sorted(set(config) - {"policy", "suppression", "store", "sinks"})
         if unknown:
             raise ValueError(f"Unknown alerts config keys {unknown}; expected some of ['policy', 'suppression', 'store', 'sinks']")

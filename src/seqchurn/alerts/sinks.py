@@ -137,16 +137,16 @@ def verify_signature(body: bytes, header_value: str | None, secret: bytes) -> bo
     return hmac.compare_digest(sign_body(body, secret), header_value)
 
 
-def load_secret(*, env: str | None = None, file: str | os.PathLike | None = None, label: str = "secret", environ: Mapping[str, str] = os.environ) -> bytes:
+def load_secret(*, env: str | None = None, file: str | os.PathLike | None = None, label: str = "secret", environ: Mapping[str, str] | None = None) -> bytes:
     """Read a secret from an environment variable or a file, never from a config value.
 
-    Exactly one source must be given. A file's trailing newline is dropped. Errors name the
-    variable or file, never the value.
+    Exactly one source must be given. ``environ`` defaults to ``os.environ``. A file's
+    trailing newline is dropped. Errors name the variable or file, never the value.
     """
     if (env is None) == (file is None):
         raise ValueError(f"Expected exactly one of `{label}_env` and `{label}_file` to name where the {label} is, but got {'both' if env else 'neither'}")
     if env is not None:
-        value = environ.get(env)
+        value = (os.environ if environ is None else environ).get(env)
         if not value:
             raise ValueError(f"The {label} environment variable {env} is not set or empty; export it before delivering alerts")
         return value.encode("utf-8")
@@ -588,11 +588,12 @@ _SINK_KEYS = {
 }
 
 
-def build_sinks(config: Mapping[str, Mapping], *, environ: Mapping[str, str] = os.environ, sleep: Callable[[float], None] = time.sleep) -> list[Sink]:
+def build_sinks(config: Mapping[str, Mapping], *, environ: Mapping[str, str] | None = None, sleep: Callable[[float], None] = time.sleep) -> list[Sink]:
     """Build sinks from ``{name: settings}``, such as a Hydra config section.
 
     ``settings["kind"]`` is one of ``SINK_KINDS`` and defaults to the name. Webhook secrets
-    and SMTP passwords come from ``*_env`` (an environment variable name) or ``*_file``.
+    and SMTP passwords come from ``*_env`` (a variable in ``environ``, by default
+    ``os.environ``) or ``*_file``.
     """
     sinks: list[Sink] = []
     for name, settings in config.items():
@@ -614,7 +615,7 @@ def build_sinks(config: Mapping[str, Mapping], *, environ: Mapping[str, str] = o
     return sinks
 
 
-def _build_sink(name: str, kind: str, settings: Mapping, environ: Mapping[str, str], sleep: Callable[[float], None]) -> Sink:
+def _build_sink(name: str, kind: str, settings: Mapping, environ: Mapping[str, str] | None, sleep: Callable[[float], None]) -> Sink:
     if kind == "file":
         if not settings.get("directory"):
             raise ValueError(f"File sink {name!r} needs `directory`")

@@ -168,9 +168,10 @@ def plot_tier_distribution(ax: Axes, scores: pd.DataFrame) -> None:
     """Draw a histogram of the churn probability per risk tier."""
     bins = np.linspace(0, 1, 41)
     tiers = scores["tier"].astype(str)
-    for i, tier in enumerate(tier_order(scores)):
+    ranked = tier_order(scores)
+    for i, tier in enumerate(ranked):
         values = scores.loc[tiers == tier, "churn_probability"].to_numpy(dtype=float)
-        ax.hist(values, bins=bins, color=style.risk_colour(i), alpha=0.6, label=f"{tier} ({len(values):,})")
+        ax.hist(values, bins=bins, color=style.risk_colour(i, len(ranked)), alpha=0.6, label=f"{tier} ({len(values):,})")
     ax.set(xlim=(0, 1), xlabel="Predicted churn probability (%)", ylabel="Customers")
     ax.xaxis.set_major_formatter(style.PERCENT_AXIS)
     ax.yaxis.set_major_formatter(style.THOUSANDS_AXIS)
@@ -189,7 +190,7 @@ def plot_horizons(ax: Axes, scores: pd.DataFrame) -> None:
         ranked = tier_order(scores) if "churn_probability" in scores.columns else sorted(tiers.unique())
         for i, tier in enumerate(ranked):
             means = scores.loc[tiers == tier, list(columns)].astype(float).mean().to_numpy()
-            ax.plot(days, means, color=style.risk_colour(i), lw=1.5, marker=".", label=f"tier {tier}")
+            ax.plot(days, means, color=style.risk_colour(i, len(ranked)), lw=1.5, marker=".", label=f"tier {tier}")
     ax.set_xticks(days, labels=[f"{d:g}" for d in days])
     ax.set(ylim=(0, 1), xlabel="Horizon (days after the cutoff)", ylabel="Mean churn probability (%)")
     ax.yaxis.set_major_formatter(style.PERCENT_AXIS)

@@ -43,6 +43,9 @@ CHART_NAMES: tuple[str, ...] = (
 TOP_AT_RISK = 25
 """Rows in the table of customers with the highest churn probability."""
 
+WIDE_CHART_INCHES = 8.0
+"""Charts wider than this take a whole row of the page; narrower ones sit side by side."""
+
 
 @dataclass
 class Chart:
@@ -50,6 +53,7 @@ class Chart:
     title: str
     caption: str
     png: bytes
+    wide: bool = False
 
     @property
     def data_uri(self) -> str:
@@ -71,7 +75,7 @@ def render_chart(name: str, title: str, caption: str, draw: Callable[[Figure], N
         fig = style.new_figure(width, height)
         draw(fig)
         png = style.figure_to_png(fig)
-    return Chart(name, title, caption, png)
+    return Chart(name, title, caption, png, wide=width > WIDE_CHART_INCHES)
 
 
 def _single(plot: Callable[..., None], *args: object) -> Callable[[Figure], None]:
@@ -286,8 +290,9 @@ TEMPLATE = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
   h3 { font-size: 1rem; margin-top: 1.4rem; }
   .charts { display: flex; flex-wrap: wrap; gap: 1.2rem; }
   figure { background: white; border: 1px solid #e6e6e6; border-radius: 6px; margin: 0; padding: 0.6rem;
-           max-width: 100%; }
-  figure img { display: block; max-width: 100%; height: auto; }
+           flex: 1 1 520px; max-width: 780px; box-sizing: border-box; }
+  figure.wide { flex-basis: 100%; max-width: 1240px; }
+  figure img { display: block; width: 100%; height: auto; }
   figcaption { font-size: 0.85rem; color: #555; max-width: 46rem; margin-top: 0.3rem; }
   .note { background: #fff8e6; border-left: 4px solid #f5c26b; padding: 0.5rem 0.8rem; margin: 0.6rem 0;
           font-size: 0.9rem; }
@@ -309,7 +314,7 @@ TEMPLATE = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
   {% for note in section.notes %}<p class="note">{{ note }}</p>{% endfor %}
   {% for caption, table in section.tables %}<h3>{{ caption }}</h3>{{ table }}{% endfor %}
   {% if section.charts %}<div class="charts">
-  {% for chart in section.charts %}<figure id="chart-{{ chart.name }}">
+  {% for chart in section.charts %}<figure id="chart-{{ chart.name }}"{% if chart.wide %} class="wide"{% endif %}>
     <img src="{{ chart.data_uri }}" alt="{{ chart.title }}">
     <figcaption><strong>{{ chart.title }}.</strong> {{ chart.caption }}</figcaption>
   </figure>

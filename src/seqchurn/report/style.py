@@ -25,8 +25,15 @@ RISK_COLOURS = (RED, ORANGE, "#EECA3B", GREEN, BLUE, GREY)
 """Colours for risk tiers, from the riskiest tier down."""
 
 
-def risk_colour(rank: int) -> str:
-    """Return the colour of the ``rank``-th riskiest tier (0 = riskiest)."""
+def risk_colour(rank: int, n_tiers: int) -> str:
+    """Return the colour of the ``rank``-th riskiest of ``n_tiers`` tiers (0 = riskiest).
+
+    With two or three tiers the riskiest is red and the safest green.
+    """
+    if n_tiers == 3:
+        return (RED, ORANGE, GREEN)[rank]
+    if n_tiers < 3:
+        return (RED, GREEN)[min(rank, 1)]
     return RISK_COLOURS[min(rank, len(RISK_COLOURS) - 1)]
 
 RC_PARAMS = {

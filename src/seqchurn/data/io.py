@@ -231,6 +231,7 @@ def _read_csv(src: SourceSpec, needed: list[str]) -> pa.Table:
             raise InputError("a CSV source without a header needs `csv.names`", file=src.path)
         read_opts.column_names = list(src.csv_names)
     parse_opts = pacsv.ParseOptions(delimiter=src.csv_delimiter)
+    _check_columns(_csv_header(src) if src.csv_header else list(src.csv_names), needed, src.path)
     # Read every column as text so ids keep their leading zeros and errors can show raw values.
     convert_opts = pacsv.ConvertOptions(
         column_types={c: pa.string() for c in needed},
@@ -244,9 +245,6 @@ def _read_csv(src: SourceSpec, needed: list[str]) -> pa.Table:
         text = str(exc)
         if "Empty CSV file" in text:
             raise InputError("the file is empty", file=src.path, hint="Point the source at a log with a header and rows") from exc
-        if "not found" in text and "include_columns" in text or "Column" in text and "in include_columns does not exist" in text:
-            header = _csv_header(src)
-            _check_columns(header, needed, src.path)
         if "UTF8" in text or "utf8" in text.lower():
             raise InputError(
                 f"text is not valid {src.encoding}: {text}", file=src.path, hint="Set `encoding:` on the source (e.g. latin-1)"
@@ -259,8 +257,17 @@ def _read_csv(src: SourceSpec, needed: list[str]) -> pa.Table:
 
 def _csv_header(src: SourceSpec) -> list[str]:
     opts = pacsv.ReadOptions(encoding=src.encoding, block_size=1 << 16)
-    reader = pacsv.open_csv(src.path, read_options=opts, parse_options=pacsv.ParseOptions(delimiter=src.csv_delimiter))
-    return reader.schema.names
+    # Every column as text, so the header read never fails on a value's type.
+    convert = pacsv.ConvertOptions(auto_dict_encode=False, strings_can_be_null=True)
+    try:
+        with pacsv.open_csv(src.path, read_options=opts, parse_options=pacsv.ParseOptions(delimiter=src.csv_delimiter), convert_options=convert) as reader:
+            return reader.schema.names
+    except pa.ArrowInvalid as exc:
+        if "Empty CSV file" in str(exc):
+            raise InputError("the file is empty", file=src.path, hint="Point the source at a log with a header and rows") from exc
+        if "utf8" in str(exc).lower():
+            raise InputError(f"text is not valid {src.encoding}: {exc}", file=src.path, hint="Set `encoding:` on the source (e.g. latin-1)") from exc
+        raise InputError(f"cannot parse CSV header: {exc}", file=src.path, hint="Check the delimiter and header settings") from exc
 
 
 # --------------------------------------------------------------------------------------
@@ -296,8 +303,12 @@ def _parse_timestamps(raw: pa.ChunkedArray, spec: LogSpec, file: str, rows: np.n
     unit = spec.timestamp_unit
     n = len(raw)
     if unit is not None:
-        numbers = pd.to_numeric(pd.Series(raw.to_pandas()), errors="coerce")
         raw_s = pd.Series(raw.to_pandas())
+        if pa.types.is_integer(raw.type):
+            numbers = raw_s.astype("Int64")
+        else:
+            # Integers in text stay exact (int64); float64 would round nanosecond epochs.
+            numbers = pd.to_numeric(raw_s, errors="coerce", dtype_backend="numpy_nullable")
         bad = (numbers.isna() & raw_s.notna()).to_numpy()
         if bad.any():
             row, value = _first_bad(bad, raw_s, rows)
@@ -317,13 +328,14 @@ def _parse_timestamps(raw: pa.ChunkedArray, spec: LogSpec, file: str, rows: np.n
     else:
         raw_s = pd.Series(raw.cast(pa.string()).to_pandas(), dtype="str").str.strip()
         has_offset = raw_s.str.contains(_OFFSET_RE, regex=True, na=False).to_numpy()
-        out = pd.Series(pd.NaT, index=raw_s.index, dtype="datetime64[ns, UTC]")
+        parts = [pd.Series(pd.NaT, index=raw_s.index[raw_s.isna().to_numpy()], dtype="datetime64[ns, UTC]")]
         if has_offset.any():
-            out[has_offset] = pd.to_datetime(raw_s[has_offset], format="ISO8601", utc=True, errors="coerce")
+            parts.append(pd.to_datetime(raw_s[has_offset], format="ISO8601", utc=True, errors="coerce").astype("datetime64[ns, UTC]"))
         naive = ~has_offset & raw_s.notna().to_numpy()
         if naive.any():
             parsed = pd.to_datetime(raw_s[naive], format="ISO8601", errors="coerce")
-            out[naive] = _localize(parsed, spec, file, rows[naive], column).to_numpy()
+            parts.append(_localize(parsed, spec, file, rows[naive], column).astype("datetime64[ns, UTC]"))
+        out = pd.concat([p for p in parts if len(p)] or parts[:1]).reindex(raw_s.index)
         bad = (out.isna() & raw_s.notna()).to_numpy()
         if bad.any():
             row, value = _first_bad(bad, raw_s, rows)

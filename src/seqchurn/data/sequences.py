@@ -221,7 +221,7 @@ def build_arrays(events: pd.DataFrame, snapshots: pd.DataFrame, spec: FeatureSpe
     lengths = np.bincount(row, minlength=n)
     pos = (lengths[row] - 1 - from_end).astype(np.int64)  # right padding: events at [0, length)
 
-    type_codes = pd.Categorical(hist["event_type"].astype(str), categories=spec.event_types).codes.astype(np.int64)
+    type_codes = pd.Index(spec.event_types).get_indexer(hist["event_type"].astype(str)).astype(np.int64)
     type_codes[type_codes < 0] = spec.event_types.index("other")
     event_type = np.zeros((n, T), dtype=np.int64)
     event_type[row, pos] = type_codes
@@ -229,7 +229,7 @@ def build_arrays(events: pd.DataFrame, snapshots: pd.DataFrame, spec: FeatureSpe
     item = np.zeros((n, T), dtype=np.int64)
     unknown = 0
     if spec.item_vocab:
-        codes = pd.Categorical(hist["item_id"], categories=spec.item_vocab).codes.astype(np.int64)
+        codes = pd.Index(spec.item_vocab).get_indexer(hist["item_id"]).astype(np.int64)
         unknown = int((codes < 0).sum())
         item[row, pos] = np.where(codes < 0, UNKNOWN_ID, codes + 2)
 
@@ -240,7 +240,7 @@ def build_arrays(events: pd.DataFrame, snapshots: pd.DataFrame, spec: FeatureSpe
         first[1:] = row[1:] != row[:-1]
     gap_hours = np.where(first, 0.0, (ts_sec - prev_sec) / 3600.0)
     age_days = _days(hist["cutoff"] - hist["ts"])
-    dow = hist["ts"].dt.dayofweek.to_numpy() * (2 * np.pi / 7)
+    dow = hist["ts"].dt.day_of_week.to_numpy() * (2 * np.pi / 7)
     n_lines = hist["n_lines"].to_numpy() if "n_lines" in hist else np.ones(len(hist))
     feats = np.stack(
         [

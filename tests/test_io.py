@@ -1,0 +1,211 @@
+"""Loading event logs: formats, ids, timestamps, returns, and errors that name the problem."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from seqchurn.data.io import load_events
+from seqchurn.data.labels import ChurnDefinition, make_snapshot
+from seqchurn.data.schema import COLUMNS, InputError
+
+COLS = {"customer_id": "cid", "timestamp": "ts", "event_type": "type", "amount": "amt"}
+
+
+def cfg(path: Path, **extra) -> dict:
+    source = {"path": str(path), "columns": extra.pop("columns", COLS)}
+    source.update(extra.pop("source", {}))
+    base = {"sources": [source], "event_types": {"map": {"buy": "purchase", "pv": "view"}}}
+    base.update(extra)
+    return base
+
+
+def write_csv(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_csv_ids_stay_strings(tmp_path):
+    p = write_csv(tmp_path / "log.csv", "cid,ts,type,amt\n00123,2021-01-01T10:00:00Z,buy,5\n123,2021-01-02T10:00:00Z,buy,7\n")
+    events, _ = load_events(cfg(p))
+    assert list(COLUMNS) == list(events.columns)
+    assert sorted(events["customer_id"]) == ["00123", "123"]
+    assert events["customer_id"].nunique() == 2
+
+
+def test_parquet_float_ids_lose_the_dot_zero(tmp_path):
+    p = tmp_path / "log.parquet"
+    pd.DataFrame({"cid": [17850.0, np.nan, 12.0], "ts": pd.to_datetime(["2021-01-01", "2021-01-02", "2021-01-03"]), "type": ["buy"] * 3, "amt": [1.0, 2.0, 3.0]}).to_parquet(p)
+    events, report = load_events(cfg(p))
+    assert sorted(events["customer_id"]) == ["12", "17850"]
+    assert report.dropped["missing_customer_id"] == 1
+
+
+def test_gzip_csv_and_partitioned_parquet(tmp_path):
+    text = "cid,ts,type,amt\na,2021-01-01T10:00:00Z,buy,5\nb,2021-01-02T10:00:00Z,pv,0\n"
+    gz = tmp_path / "log.csv.gz"
+    with gzip.open(gz, "wt") as f:
+        f.write(text)
+    events_gz, _ = load_events(cfg(gz))
+    ds = tmp_path / "ds"
+    for bucket, cid in ((0, "a"), (1, "b")):
+        (ds / f"bucket={bucket}").mkdir(parents=True)
+        pq.write_table(pa.table({"cid": [cid], "ts": ["2021-01-01T10:00:00Z"], "type": ["buy"], "amt": [1.0]}), ds / f"bucket={bucket}" / "part-0.parquet")
+    events_ds, report = load_events(cfg(ds))
+    assert len(events_gz) == 2
+    assert sorted(events_ds["customer_id"]) == ["a", "b"]
+    assert len(report.files) == 2
+
+
+def test_timestamps_offsets_dates_and_zones(tmp_path):
+    p = write_csv(
+        tmp_path / "log.csv",
+        "cid,ts,type,amt\n"
+        "a,2021-06-01T12:00:00+02:00,buy,1\n"  # offset
+        "a,2021-06-01T12:00:00,buy,1\n"  # naive: Europe/London (BST, UTC+1)
+        "a,2021-01-15,buy,1\n",  # date: London midnight in winter is UTC midnight
+    )
+    events, _ = load_events(cfg(p, timestamp={"timezone": "Europe/London"}))
+    got = sorted(events["ts"].astype(str))
+    assert got == ["2021-01-15 00:00:00+00:00", "2021-06-01 10:00:00+00:00", "2021-06-01 11:00:00+00:00"]
+
+
+@pytest.mark.parametrize("unit,value,expected", [("s", 1511544070, "2017-11-24 17:21:10"), ("ms", 1511544070123, "2017-11-24 17:21:10.123")])
+def test_epoch_units(tmp_path, unit, value, expected):
+    p = write_csv(tmp_path / "log.csv", f"cid,ts,type,amt\na,{value},buy,1\n")
+    events, _ = load_events(cfg(p, timestamp={"unit": unit}))
+    assert events["ts"].iloc[0] == pd.Timestamp(expected, tz="UTC")
+
+
+def test_wrong_epoch_unit_names_row_value_and_unit(tmp_path):
+    p = write_csv(tmp_path / "log.csv", "cid,ts,type,amt\na,1511544070,buy,1\nb,1511544070,buy,1\n")
+    with pytest.raises(InputError) as err:
+        load_events(cfg(p, timestamp={"unit": "ms"}))  # seconds read as ms -> 1970
+    msg = str(err.value)
+    assert "row 1" in msg
+    assert "1511544070" in msg
+    assert "ms" in msg
+    assert str(p) in msg
+
+
+@pytest.mark.parametrize(
+    "body,needle",
+    [
+        ("cid,ts,type,amt\na,not-a-date,buy,1\n", "cannot parse timestamp"),
+        ("cid,ts,type,amt\na,2021-01-01,buy,abc\n", "amount is not a number"),
+        ("cid,ts,type,amt\na,2021-01-01,teleport,1\n", "unknown event type"),
+    ],
+)
+def test_bad_values_name_file_row_column_value(tmp_path, body, needle):
+    p = write_csv(tmp_path / "log.csv", body)
+    with pytest.raises(InputError) as err:
+        load_events(cfg(p))
+    msg = str(err.value)
+    assert needle in msg
+    assert "row 1" in msg
+    assert str(p) in msg
+    assert "column" in msg
+
+
+def test_missing_column_lists_available(tmp_path):
+    p = write_csv(tmp_path / "log.csv", "cid,when,type,amt\na,2021-01-01,buy,1\n")
+    with pytest.raises(InputError, match=r"missing column.*'ts'.*\['cid', 'when', 'type', 'amt'\]"):
+        load_events(cfg(p))
+
+
+def test_empty_files(tmp_path):
+    empty = write_csv(tmp_path / "empty.csv", "")
+    header_only = write_csv(tmp_path / "header.csv", "cid,ts,type,amt\n")
+    with pytest.raises(InputError, match="empty"):
+        load_events(cfg(empty))
+    with pytest.raises(InputError, match="no rows"):
+        load_events(cfg(header_only))
+
+
+def test_non_utf8_text_is_reported(tmp_path):
+    p = tmp_path / "log.csv"
+    p.write_bytes(b"cid,ts,type,amt\n\xff\xfeab,2021-01-01,buy,1\n")
+    with pytest.raises(InputError, match="encoding"):
+        load_events(cfg(p))
+    events, _ = load_events(cfg(p, source={"encoding": "latin-1"}))
+    assert events["customer_id"].iloc[0] == "ÿþab"
+
+
+def test_missing_ids_counted_or_strict_error(tmp_path):
+    p = write_csv(tmp_path / "log.csv", "cid,ts,type,amt\na,2021-01-01,buy,1\n,2021-01-02,buy,1\n   ,2021-01-03,buy,1\n")
+    events, report = load_events(cfg(p))
+    assert len(events) == 1
+    assert report.dropped["missing_customer_id"] == 2
+    with pytest.raises(InputError, match="row 2.*no customer id|2 rows have no customer id"):
+        load_events(cfg(p, strict=True))
+
+
+def test_exact_duplicates_removed_and_counted(tmp_path):
+    p = write_csv(tmp_path / "log.csv", "cid,ts,type,amt\na,2021-01-01,buy,1\na,2021-01-01,buy,1\na,2021-01-01,buy,2\n")
+    events, report = load_events(cfg(p))
+    assert len(events) == 2
+    assert report.dropped["exact_duplicate"] == 1
+
+
+def retail_cfg(path: Path) -> dict:
+    return {
+        "sources": [{"path": str(path), "columns": {"customer_id": "cid", "timestamp": "ts", "quantity": "qty", "unit_price": "price", "item_id": "sku", "order_id": "inv"}}],
+        "returns": {"order_prefixes": ["C"]},
+    }
+
+
+def test_cancellations_become_returns_and_void_the_order(tmp_path):
+    p = write_csv(
+        tmp_path / "log.csv",
+        "cid,ts,qty,price,sku,inv\n"
+        "a,2021-01-10T10:00:00,2,3.5,X,100\n"  # order 100, two lines
+        "a,2021-01-10T10:00:00,1,4.0,Y,100\n"
+        "a,2021-01-11T09:00:00,-2,3.5,X,C200\n"  # cancels both lines of order 100
+        "a,2021-01-11T09:00:00,-1,4.0,Y,C200\n"
+        "b,2021-01-10T10:00:00,5,1.0,X,101\n"  # order 101 partly returned: still a purchase
+        "b,2021-01-12T10:00:00,-2,1.0,X,C201\n",
+    )
+    events, _ = load_events(retail_cfg(p))
+    returns = events[events["event_type"] == "return"]
+    assert len(returns) == 3
+    assert (events["amount"] >= 0).all()
+    assert returns["amount"].round(2).tolist() == [7.0, 4.0, 2.0]
+    cancelled = events.loc[events["cancelled_at"].notna(), ["customer_id", "order_id"]]
+    assert cancelled.drop_duplicates().values.tolist() == [["a", "100"]]
+
+    churn = ChurnDefinition(("purchase",), lookback_days=30, horizon_days=30)
+    # At a cutoff after the cancellation, a's only purchase no longer counts: a is not active.
+    snap = make_snapshot(events, "2021-01-20", churn, with_labels=False)
+    assert snap["customer_id"].tolist() == ["b"]
+    # Before the cancellation happened, a's order did count (no knowledge of the future).
+    snap_before = make_snapshot(events, "2021-01-11T00:00:00", churn, with_labels=False)
+    assert snap_before["customer_id"].tolist() == ["a", "b"]
+
+
+def test_source_time_range_filters_are_counted(tmp_path):
+    p = write_csv(tmp_path / "log.csv", "cid,ts,type,amt\na,2021-01-01,buy,1\na,2021-02-01,buy,1\n")
+    events, report = load_events(cfg(p, source={"before": "2021-01-15"}))
+    assert len(events) == 1
+    assert report.dropped["outside_source_time_range"] == 1
+
+
+def test_bundled_retail_loads_with_counted_drops():
+    from omegaconf import OmegaConf
+
+    from seqchurn.conf_utils import CONFIG_DIR, REPO_ROOT
+
+    data = OmegaConf.load(CONFIG_DIR / "data" / "online_retail.yaml")
+    data = OmegaConf.merge({"paths": {"data_dir": str(REPO_ROOT / "data"), "cache_dir": "x"}}, {"d": data}).d
+    events, report = load_events(data)
+    assert report.rows_read == 1_067_370
+    assert report.rows_read == report.rows_kept + sum(report.dropped.values())
+    assert report.dropped["outside_source_time_range"] == 22_523
+    assert events["customer_id"].str.contains(r"\.").sum() == 0
+    assert events["ts"].min() >= pd.Timestamp("2009-12-01", tz="UTC")
+    assert (events.loc[events["event_type"] == "purchase", "amount"] >= 0).all()

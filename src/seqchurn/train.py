@@ -49,8 +49,9 @@ def build(cfg: DictConfig) -> tuple[ChurnDataModule, pl.LightningModule]:
     dm = ChurnDataModule(cfg.data, batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers, cache_dir=cfg.data.get("cache_dir"), seed=cfg.seed)
     dims = dm.net_dims()
     log.info("instantiating encoder <%s>", cfg.model.net._target_)
-    net = hydra.utils.instantiate(cfg.model.net, **dims)
-    net_config = {**OmegaConf.to_container(cfg.model.net, resolve=True), **dims}
+    n_outputs = 1 + int(cfg.model.get("hazard_bins", 0) or 0)
+    net = hydra.utils.instantiate(cfg.model.net, n_outputs=n_outputs, **dims)
+    net_config = {**OmegaConf.to_container(cfg.model.net, resolve=True), **dims, "n_outputs": n_outputs}
     # Stored as "target", not "_target_", so Hydra does not instantiate it a second time.
     net_config["target"] = net_config.pop("_target_")
     model = hydra.utils.instantiate(cfg.model, net=net, net_config=net_config)
@@ -58,17 +59,46 @@ def build(cfg: DictConfig) -> tuple[ChurnDataModule, pl.LightningModule]:
     return dm, model
 
 
-def predict_logits(net: torch.nn.Module, arrays: Any, batch_size: int = 1024) -> np.ndarray:
-    """Churn logits of the first output for every row of ``arrays`` (eval mode, no grad)."""
+def predict_outputs(net: torch.nn.Module, arrays: Any, batch_size: int = 1024) -> np.ndarray:
+    """All network outputs ``(N, n_outputs)`` for every row of ``arrays`` (eval mode, no grad)."""
     net.eval()
     inputs = arrays.as_inputs()
-    out = np.zeros(len(arrays), dtype=np.float32)
+    out = None
     with torch.no_grad():
         for idx, length in length_batches(inputs["mask"], batch_size):
             batch = [torch.as_tensor(np.asarray(inputs[k])[idx][:, :length]) for k in ("event_type", "item", "numeric", "mask")]
             batch.append(torch.as_tensor(np.asarray(inputs["static"])[idx]))
-            out[idx] = net(*batch)[:, 0].float().numpy()
-    return out
+            values = net(*batch).float().numpy()
+            if out is None:
+                out = np.zeros((len(arrays), values.shape[1]), dtype=np.float32)
+            out[idx] = values
+    return out if out is not None else np.zeros((0, 1), dtype=np.float32)
+
+
+def predict_logits(net: torch.nn.Module, arrays: Any, batch_size: int = 1024) -> np.ndarray:
+    """Churn logits (output 0) for every row of ``arrays``."""
+    return predict_outputs(net, arrays, batch_size)[:, 0]
+
+
+def hazard_metrics(cfg: DictConfig, dm: ChurnDataModule, outputs: dict[str, np.ndarray]) -> dict[str, float]:
+    """Time-to-event metrics of the hazard head on the test split."""
+    from seqchurn.models.hazard import survival_at
+    from seqchurn.survival_metrics import survival_report
+
+    horizons = np.asarray(cfg.model.hazard_horizons_days, dtype=np.float64)
+    surv = survival_at(torch.as_tensor(outputs["test"][:, 1:]), torch.as_tensor(horizons, dtype=torch.float32), cfg.model.hazard_bin_days).numpy()
+    snaps = dm.snapshots
+    train_rows, test_rows = snaps[snaps["split"] == "train"], snaps[snaps["split"] == "test"]
+    report = survival_report(
+        train_rows["days_to_activity"].to_numpy(), train_rows["activity_observed"].to_numpy(),
+        test_rows["days_to_activity"].to_numpy(), test_rows["activity_observed"].to_numpy(), surv, horizons,
+    )
+    # The hazard's own P(no activity within the churn horizon), scored as a binary classifier.
+    horizon_prob = survival_at(
+        torch.as_tensor(outputs["test"][:, 1:]), torch.tensor([dm.churn.horizon_days], dtype=torch.float32), cfg.model.hazard_bin_days
+    ).numpy()[:, 0]
+    report["horizon_average_precision"] = binary_report(dm.labels("test"), horizon_prob)["average_precision"]
+    return report
 
 
 def recency_scores(dm: ChurnDataModule, split: str) -> np.ndarray:
@@ -106,14 +136,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     net = model.net.cpu().float()
 
     # Calibrate and choose the threshold on validation only; test is touched once, below.
-    val_logits = predict_logits(net, dm.arrays["val"])
+    outputs = {split: predict_outputs(net, dm.arrays[split]) for split in ("val", "test")}
+    val_logits = outputs["val"][:, 0]
     val_y = dm.labels("val")
     temperature = fit_temperature(val_logits, val_y) if cfg.calibrate else 1.0
     val_prob = 1 / (1 + np.exp(-val_logits / temperature))
     th = cfg.threshold
     threshold = choose_threshold(val_prob, val_y, th.strategy, target_precision=th.get("target_precision"), top_k_percent=th.get("top_k_percent"))
 
-    test_logits = predict_logits(net, dm.arrays["test"])
+    test_logits = outputs["test"][:, 0]
     test_y = dm.labels("test")
     test_prob = 1 / (1 + np.exp(-test_logits / temperature))
     test_metrics = binary_report(test_y, test_prob)
@@ -124,7 +155,18 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     test_metrics["f1_at_threshold"] = 2 * tp / max(int(pred.sum()) + int(test_y.sum()), 1)
     baseline = binary_report(test_y, _minmax(recency_scores(dm, "test")))
 
+    hazard = None
+    if cfg.model.get("hazard_bins"):
+        hazard = {
+            "bins": int(cfg.model.hazard_bins),
+            "bin_days": float(cfg.model.hazard_bin_days),
+            "horizons_days": [float(h) for h in cfg.model.hazard_horizons_days],
+            "test_metrics": hazard_metrics(cfg, dm, outputs),
+        }
+        log.info("hazard head on test: %s", ", ".join(f"{k} {v:.4f}" for k, v in hazard["test_metrics"].items()))
+
     summary = {
+        "hazard": hazard,
         "model_name": cfg.model.name,
         "run_name": cfg.run_name,
         "best_checkpoint": best_path,

@@ -23,15 +23,18 @@ from seqchurn.data.fingerprint import fingerprint_config, fingerprint_files
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1  # bump when the sequence layout changes so old caches are not reused
+CACHE_VERSION = 2  # bump when the sequence layout changes so old caches are not reused
 _ARRAYS = ("event_type", "item", "numeric", "mask", "static")
 
 
 class SequenceDataset(Dataset):
     """Rows of :class:`SequenceArrays` (possibly memory-mapped) with their labels."""
 
-    def __init__(self, arrays: SequenceArrays, labels: np.ndarray) -> None:
+    def __init__(self, arrays: SequenceArrays, labels: np.ndarray, time_days: np.ndarray | None = None, observed: np.ndarray | None = None) -> None:
         self.arrays, self.labels = arrays, labels.astype(np.float32)
+        # Time-to-event targets for the hazard head (absent for logs built without them).
+        self.time_days = None if time_days is None else time_days.astype(np.float32)
+        self.observed = None if observed is None else observed.astype(np.float32)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -45,6 +48,11 @@ class SequenceDataset(Dataset):
             "mask": torch.from_numpy(np.asarray(a.mask[i])),
             "static": torch.from_numpy(np.asarray(a.static[i])),
             "label": torch.tensor(self.labels[i]),
+            **(
+                {"time_days": torch.tensor(self.time_days[i]), "observed": torch.tensor(self.observed[i])}
+                if self.time_days is not None
+                else {}
+            ),
         }
 
 
@@ -148,6 +156,7 @@ class ChurnDataModule(pl.LightningDataModule):
         self.max_len = int(seq.get("max_len", 64))
         self.item_vocab_size = int(seq.get("item_vocab_size", 2000))
         self.collapse = bool(seq.get("collapse_orders", True))
+        self.aggregate = bool(seq.get("aggregate_features", False))
         self.sample_fraction = float(data_cfg.get("sample_fraction", 1.0))
         self.spec: FeatureSpec | None = None
         self.snapshots: pd.DataFrame | None = None
@@ -191,6 +200,7 @@ class ChurnDataModule(pl.LightningDataModule):
         self.spec = fit_spec(
             events, train, max_len=self.max_len, item_vocab_size=self.item_vocab_size,
             activity_types=list(self.churn.activity_types), collapse=self.collapse,
+            aggregate=self.aggregate, lookback_days=self.churn.lookback_days,
         )
         for name in SPLITS:
             rows = self.snapshots[self.snapshots["split"] == name]
@@ -231,6 +241,9 @@ class ChurnDataModule(pl.LightningDataModule):
         return self.snapshots.loc[self.snapshots["split"] == split, "label"].to_numpy()
 
     def dataset(self, split: str) -> SequenceDataset:
+        rows = self.snapshots[self.snapshots["split"] == split]
+        if "days_to_activity" in rows:
+            return SequenceDataset(self.arrays[split], self.labels(split), rows["days_to_activity"].to_numpy(), rows["activity_observed"].to_numpy())
         return SequenceDataset(self.arrays[split], self.labels(split))
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:

@@ -78,11 +78,22 @@ def active_customers(events: pd.DataFrame, cutoff: pd.Timestamp, churn: ChurnDef
     return pd.Index(np.sort(events.loc[mask, "customer_id"].unique()), name="customer_id")
 
 
-def make_snapshot(events: pd.DataFrame, cutoff: str | pd.Timestamp, churn: ChurnDefinition, *, with_labels: bool = True) -> pd.DataFrame:
+def make_snapshot(
+    events: pd.DataFrame,
+    cutoff: str | pd.Timestamp,
+    churn: ChurnDefinition,
+    *,
+    with_labels: bool = True,
+    observe_until: pd.Timestamp | None = None,
+) -> pd.DataFrame:
     """Build the snapshot at ``cutoff``: one row per active customer.
 
     Returns a frame with ``customer_id``, ``cutoff`` and, when ``with_labels``, ``label``
     (1 = churned, 0 = retained). Labels need the log to reach ``cutoff + horizon``.
+
+    With ``observe_until``, time-to-event targets are added for the hazard head:
+    ``days_to_activity`` (days from the cutoff to the next activity, or to ``observe_until``
+    when none happened before it) and ``activity_observed`` (1 or 0 = censored).
     """
     cutoff = to_utc(cutoff)
     customers = active_customers(events, cutoff, churn)
@@ -94,7 +105,22 @@ def make_snapshot(events: pd.DataFrame, cutoff: str | pd.Timestamp, churn: Churn
     in_horizon = ((ts >= cutoff) & (ts < end)).to_numpy() & _activity_mask(events, churn, end)
     returned = pd.Index(events.loc[in_horizon, "customer_id"].unique())
     snap["label"] = (~snap["customer_id"].isin(returned)).astype("int8")
+    if observe_until is not None:
+        _add_time_to_event(snap, events, churn, cutoff, to_utc(observe_until))
     return snap
+
+
+def _add_time_to_event(snap: pd.DataFrame, events: pd.DataFrame, churn: ChurnDefinition, cutoff: pd.Timestamp, until: pd.Timestamp) -> None:
+    # NOTE: an order cancelled after `until` counts as activity here but not in the binary
+    # label when the cancellation came before cutoff + horizon; the two targets can then disagree.
+    ts = events["ts"]
+    later = ((ts >= cutoff) & (ts < until)).to_numpy() & _activity_mask(events, churn, until)
+    first = events.loc[later].groupby("customer_id", sort=False)["ts"].min()
+    first_ts = first.reindex(snap["customer_id"].to_numpy()).reset_index(drop=True)
+    observed = first_ts.notna().to_numpy()
+    days = np.where(observed, (first_ts - cutoff).dt.total_seconds().to_numpy() / 86400.0, (until - cutoff).total_seconds() / 86400.0)
+    snap["days_to_activity"] = days.astype("float32")
+    snap["activity_observed"] = observed.astype("int8")
 
 
 @dataclass(frozen=True)
@@ -153,10 +179,13 @@ def make_split_snapshots(events: pd.DataFrame, plan: SplitPlan, churn: ChurnDefi
 
     Raises ``InputError`` naming the split when a split lacks one of the two classes.
     """
+    # Time-to-event targets stop at the next split's cutoff, so no split sees the next one.
+    log_end = events["ts"].max() + pd.Timedelta(seconds=1)
+    observe_until = {"train": plan.val[0], "val": plan.test[0], "test": log_end}
     parts = []
     for split in SPLITS:
         for cutoff in plan.cutoffs(split):
-            snap = make_snapshot(events, cutoff, churn)
+            snap = make_snapshot(events, cutoff, churn, observe_until=max(min(observe_until[split], log_end), cutoff))
             snap["split"] = split
             parts.append(snap)
     snaps = pd.concat(parts, ignore_index=True)

@@ -55,6 +55,9 @@ class FeatureSpec:
     event_types: list[str] = field(default_factory=lambda: list(EVENT_TYPES))
     item_vocab: list[str] = field(default_factory=list)
     collapse_orders: bool = True
+    # Append the baselines' aggregate (RFM, windows, gaps, trends) features to the static input.
+    aggregate_features: bool = False
+    lookback_days: float = 365.0
     numeric_features: list[str] = field(default_factory=lambda: list(NUMERIC_FEATURES))
     static_features: list[str] = field(default_factory=lambda: list(STATIC_FEATURES))
     numeric_mean: list[float] = field(default_factory=list)
@@ -192,6 +195,19 @@ def static_features(hist: pd.DataFrame, n_rows: int, activity_types: list[str]) 
     return out
 
 
+def aggregate_static(events: pd.DataFrame, snapshots: pd.DataFrame, spec: FeatureSpec) -> np.ndarray:
+    """The baselines' aggregate features as extra static inputs, signed-log1p compressed: ``(N, A)``."""
+    from seqchurn.baselines.features import aggregate_features
+    from seqchurn.data.labels import ChurnDefinition
+
+    # The features read only the activity types and the lookback; the horizon is unused.
+    churn = ChurnDefinition(tuple(spec.activity_types), spec.lookback_days, 1.0)
+    snaps = pd.DataFrame({"customer_id": snapshots["customer_id"].to_numpy(), "cutoff": pd.to_datetime(snapshots["cutoff"], utc=True).to_numpy()})
+    snaps["cutoff"] = pd.to_datetime(snaps["cutoff"], utc=True)
+    values = aggregate_features(events, snaps, churn).to_numpy(dtype=np.float64)
+    return np.sign(values) * np.log1p(np.abs(values))
+
+
 def fit_item_vocab(events: pd.DataFrame, before: pd.Timestamp, size: int) -> list[str]:
     """Most frequent items among events before ``before`` (training data only)."""
     if size <= 0 or events["item_id"].isna().all():
@@ -214,6 +230,8 @@ def build_arrays(events: pd.DataFrame, snapshots: pd.DataFrame, spec: FeatureSpe
     from_end = hist.groupby("row", sort=False).cumcount(ascending=False).to_numpy()
     keep = from_end < T
     static = static_features(hist, n, spec.activity_types)
+    if spec.aggregate_features:
+        static = np.concatenate([static, aggregate_static(events, snapshots, spec)], axis=1)
     hist = hist.loc[keep].reset_index(drop=True)
     from_end = from_end[keep]
 
@@ -267,7 +285,17 @@ def build_arrays(events: pd.DataFrame, snapshots: pd.DataFrame, spec: FeatureSpe
     return SequenceArrays(event_type, item, numeric, mask, static.astype(np.float32), unknown_items=unknown)
 
 
-def fit_spec(events: pd.DataFrame, train_snapshots: pd.DataFrame, *, max_len: int, item_vocab_size: int, activity_types: list[str], collapse: bool) -> FeatureSpec:
+def fit_spec(
+    events: pd.DataFrame,
+    train_snapshots: pd.DataFrame,
+    *,
+    max_len: int,
+    item_vocab_size: int,
+    activity_types: list[str],
+    collapse: bool,
+    aggregate: bool = False,
+    lookback_days: float = 365.0,
+) -> FeatureSpec:
     """Fit vocabularies and normalisation constants on the training snapshots only."""
     last_train_cutoff = pd.to_datetime(train_snapshots["cutoff"], utc=True).max()
     spec = FeatureSpec(
@@ -275,7 +303,13 @@ def fit_spec(events: pd.DataFrame, train_snapshots: pd.DataFrame, *, max_len: in
         activity_types=list(activity_types),
         item_vocab=fit_item_vocab(events, last_train_cutoff, item_vocab_size),
         collapse_orders=collapse,
+        aggregate_features=aggregate,
+        lookback_days=lookback_days,
     )
+    if aggregate:
+        from seqchurn.baselines.features import feature_names
+
+        spec.static_features = [*STATIC_FEATURES, *(f"agg_{name}" for name in feature_names())]
     raw = build_arrays(events, train_snapshots, spec, raw=True)
     feats = raw.numeric[raw.mask].astype(np.float64)
     spec.numeric_mean = feats.mean(0).tolist()

@@ -13,6 +13,8 @@ from torch import nn
 from torchmetrics import MaxMetric, MeanMetric, MetricCollection
 from torchmetrics.classification import BinaryAUROC, BinaryAveragePrecision, BinaryF1Score
 
+from seqchurn.models.hazard import hazard_nll
+
 log = logging.getLogger(__name__)
 
 INPUT_NAMES = ("event_type", "item", "numeric", "mask", "static")
@@ -28,6 +30,10 @@ class ChurnLitModule(pl.LightningModule):
     Logged keys: ``{train,val,test}/loss``, ``{val,test}/{auroc,auprc,f1,brier}`` and
     ``val/auprc_best``. F1 here uses a 0.5 threshold; the deployed threshold is chosen on
     validation after training.
+
+    Output 0 of ``net`` is the churn logit. With ``hazard_bins > 0`` outputs ``1..K`` are
+    discrete-time hazard logits (``seqchurn.models.hazard``), trained jointly with weight
+    ``hazard_weight``.
     """
 
     def __init__(
@@ -39,6 +45,10 @@ class ChurnLitModule(pl.LightningModule):
         name: str = "model",
         net_config: dict | None = None,
         compile: bool = False,
+        hazard_bins: int = 0,
+        hazard_bin_days: float = 7.0,
+        hazard_weight: float = 1.0,
+        hazard_horizons_days: tuple[float, ...] = (30.0, 60.0, 90.0),
     ) -> None:
         super().__init__()
         # net_config (the resolved `_target_` and sizes) lets export rebuild the network
@@ -69,17 +79,27 @@ class ChurnLitModule(pl.LightningModule):
             weight = torch.tensor(self.pos_weight_value, device=logits.device, dtype=logits.dtype)
         return nn.functional.binary_cross_entropy_with_logits(logits, y, pos_weight=weight)
 
+    def _hazard_loss(self, out: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Censoring-aware hazard NLL on outputs 1..K; zero when the head is off."""
+        if not self.hparams.hazard_bins:
+            return out.new_zeros(())
+        if "time_days" not in batch:
+            raise ValueError("Expected time-to-event targets for the hazard head, but the batch has none; rebuild the data cache")
+        return hazard_nll(out[:, 1:].float(), batch["time_days"], batch["observed"], self.hparams.hazard_bin_days)
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        logits = self(batch)[:, 0].float()
-        loss = self._loss(logits, batch["label"])
+        out = self(batch)
+        logits = out[:, 0].float()
+        loss = self._loss(logits, batch["label"]) + self.hparams.hazard_weight * self._hazard_loss(out, batch)
         self.train_loss(loss)
         self.log("train/loss", self.train_loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(logits))
         return loss
 
     def _eval_step(self, batch: dict[str, torch.Tensor], stage: str) -> None:
-        logits = self(batch)[:, 0].float()
+        out = self(batch)
+        logits = out[:, 0].float()
         y = batch["label"]
-        loss = self._loss(logits, y)
+        loss = self._loss(logits, y) + self.hparams.hazard_weight * self._hazard_loss(out, batch)
         prob = torch.sigmoid(logits)
         key = f"{stage}_"
         self.metrics[key].update(prob, y.long())

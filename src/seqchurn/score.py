@@ -5,23 +5,36 @@ named by the data config with the same loader and sequence code as training, sco
 every customer active at ``as_of`` and writes:
 
 - ``scores.parquet``: customer_id, churn_probability, rank (1 = highest risk), alert,
-  days_since_last_activity, n_events, model_version, as_of;
+  days_since_last_activity, n_events (events in the model's input sequence, at most
+  ``max_len``), model_version, as_of;
 - ``alerts.csv``: the customers at or above the model's threshold, highest risk first;
 - ``run_summary.json``: rows read and dropped by reason, customers scored, alerts, timings.
 
-A Parquet dataset partitioned by customer hash (``bucket=`` directories, as ``seqchurn
-synth`` writes) is streamed one partition at a time, so memory stays bounded by the
-largest partition. ``shard=i/n`` scores only the customers whose hash falls in shard ``i``
-and writes ``part-i-of-n`` files, so many machines can split one log with no coordination.
+Streaming: a single-source Parquet dataset partitioned by customer (``bucket=``
+directories, as ``seqchurn synth`` writes) is scored one partition at a time, so memory
+is bounded by the largest partition, not by the log. Every customer's history must then
+sit in one partition; a customer found in two partitions stops the run with an error
+instead of being scored on half a history. Other logs are read whole (``stream=false``).
+
+While the main thread prepares partition ``k``, a reader thread reads partition ``k + 1``
+and an inference thread runs onnxruntime on partition ``k - 1`` (pyarrow and
+onnxruntime release the GIL), so a scorer keeps about two cores busy.
+
+Sharding: ``shard=i/n`` scores only the customers whose hash (``seqchurn.data.sharding``)
+falls in shard ``i`` and writes ``-part-i-of-n`` files, so many processes or machines can
+split one log with no coordination. Ranks are per shard; docs/scaling.md shows how to
+merge the parts.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,20 +43,24 @@ import hydra
 import numpy as np
 import onnxruntime as ort
 import pandas as pd
+import pyarrow as pa
 from omegaconf import DictConfig, OmegaConf
 
 from seqchurn.conf_utils import CONFIG_DIR, register_resolvers
-from seqchurn.data.io import LogSpec, canonicalise, finalise, iter_source_tables
+from seqchurn.data.io import LogSpec, SourceSpec, canonicalise, finalise, iter_source_tables
 from seqchurn.data.labels import ChurnDefinition, make_snapshot, to_utc
 from seqchurn.data.schema import InputError, LoadReport
 from seqchurn.data.sequences import FeatureSpec, build_arrays, collapse_orders, length_batches
+from seqchurn.data.sharding import customer_hash, parse_shard, shard_of
 from seqchurn.errors import exits_on_error
-from seqchurn.export import CARD_FILE, MODEL_FILE, OUTPUT_NAME, model_digest
-from seqchurn.models.churn_module import INPUT_NAMES
-from seqchurn.utils.atomic import atomic_to_csv, atomic_write_json, atomic_write_parquet
+from seqchurn.model_files import CARD_FILE, INPUT_NAMES, MODEL_FILE, OUTPUT_NAME, model_digest
+from seqchurn.utils.atomic import atomic_to_csv, atomic_write_parquet
+from seqchurn.utils.run_summary import track_run
 
 log = logging.getLogger(__name__)
 register_resolvers()
+
+SCORE_COLUMNS = ("customer_id", "churn_probability", "rank", "alert", "days_since_last_activity", "n_events", "model_version", "as_of")
 
 
 @dataclass
@@ -64,8 +81,25 @@ class LoadedModel:
         return str(self.card["model_version"])
 
 
-def load_model(model_dir: str | Path, *, intra_op_threads: int = 0, verify: bool = True) -> LoadedModel:
-    """Open ``model.onnx`` + ``model.json``; refuse a tampered or mismatched pair."""
+def session_options(intra_op_threads: int) -> ort.SessionOptions:
+    """onnxruntime options for scoring: all graph optimisations, ``intra_op_threads`` threads (0 = one per core)."""
+    if intra_op_threads < 0:
+        raise ValueError(f"Expected `threads` to be 0 (one per core) or a positive number, but got {intra_op_threads}")
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.intra_op_num_threads = intra_op_threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    return opts
+
+
+def load_model(model_dir: str | Path, *, intra_op_threads: int = 1, verify: bool = True) -> LoadedModel:
+    """Open ``model.onnx`` + ``model.json``; reject a tampered or mismatched pair.
+
+    ``intra_op_threads`` sets onnxruntime's threads per inference call (0 = one per core).
+    One thread is fastest for ``seqchurn score``, which runs inference beside its data
+    preparation; docs/performance.md has the measurement.
+    """
     model_dir = Path(model_dir)
     onnx_path, card_path = model_dir / MODEL_FILE, model_dir / CARD_FILE
     for p in (onnx_path, card_path):
@@ -78,11 +112,7 @@ def load_model(model_dir: str | Path, *, intra_op_threads: int = 0, verify: bool
             "model digest mismatch: model.onnx or model.json changed after export", file=str(model_dir),
             hint="Re-export the model; never edit model.json by hand",
         )
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.intra_op_num_threads = intra_op_threads
-    opts.inter_op_num_threads = 1
-    session = ort.InferenceSession(onnx_bytes, sess_options=opts, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(onnx_bytes, sess_options=session_options(intra_op_threads), providers=["CPUExecutionProvider"])
     names = [i.name for i in session.get_inputs()]
     if names != list(INPUT_NAMES) or names != card.get("input_names"):
         raise InputError(f"the ONNX model has inputs {names}, expected {list(INPUT_NAMES)}", file=str(onnx_path), hint="Re-export with this seqchurn version")
@@ -92,7 +122,7 @@ def load_model(model_dir: str | Path, *, intra_op_threads: int = 0, verify: bool
 
 
 def check_log_matches(model: LoadedModel, log_spec: LogSpec) -> None:
-    """Refuse a log that lacks inputs the model was trained with."""
+    """Reject a log that lacks inputs the model was trained with."""
     if model.spec.item_vocab:
         missing = [s.path for s in log_spec.sources if not s.columns.get("item_id")]
         if missing:
@@ -104,6 +134,8 @@ def check_log_matches(model: LoadedModel, log_spec: LogSpec) -> None:
 
 def predict(model: LoadedModel, inputs: dict[str, np.ndarray], batch_size: int) -> np.ndarray:
     """P(churn) for every row; rows are batched by length and padding beyond it is cut."""
+    if batch_size < 1:
+        raise ValueError(f"Expected `batch_size` to be a positive integer, but got {batch_size}")
     out = np.empty(len(inputs["mask"]), dtype=np.float32)
     for idx, length in length_batches(inputs["mask"], batch_size):
         feed = {k: np.ascontiguousarray(inputs[k][idx][:, :length]) for k in ("event_type", "item", "numeric", "mask")}
@@ -114,55 +146,216 @@ def predict(model: LoadedModel, inputs: dict[str, np.ndarray], batch_size: int) 
 
 @dataclass
 class ScoreStats:
-    """Counts and timings for the run summary."""
+    """Counts and timings for the run summary.
+
+    ``seconds`` holds wall-clock time per stage of the main thread (``read_wait``,
+    ``prepare``, ``features``, ``inference_wait``) and the inference thread's busy time
+    (``inference``), which overlaps the others.
+    """
 
     rows_read: int = 0
     events: int = 0
     customers_scored: int = 0
     customers_seen: int = 0
     pieces: int = 0
+    largest_piece_rows: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
 
     def add_time(self, stage: str, seconds: float) -> None:
         self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
 
 
-def _pieces(log_spec: LogSpec, report: LoadReport, stream: bool) -> Iterator[tuple[list[tuple[Any, Any, str, int]], str]]:
-    """Group raw tables into customer-complete pieces: one per partition file when streaming."""
-    if stream:
-        for src in log_spec.sources:
-            for table, file, first_row in iter_source_tables(src):
-                yield [(table, src, file, first_row)], file
-    else:
-        tables = [(t, src, f, r) for src in log_spec.sources for t, f, r in iter_source_tables(src)]
-        yield tables, "all sources"
+# --------------------------------------------------------------------------------------
+# Pieces: customer-complete groups of raw tables
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Piece:
+    """Raw tables that together hold the whole history of their customers."""
+
+    name: str
+    tables: list[tuple[pa.Table, SourceSpec, str, int]]  # (table, source, file, first row)
+
+    @property
+    def rows(self) -> int:
+        return sum(t.num_rows for t, _, _, _ in self.tables)
 
 
 def is_customer_partitioned(log_spec: LogSpec) -> bool:
-    """True when every source is a directory of ``bucket=`` partitions (customer-complete)."""
-    return all(Path(s.path).is_dir() and any(Path(s.path).glob("bucket=*")) for s in log_spec.sources)
+    """True for a single source that is a directory of ``bucket=`` partitions.
+
+    Two sources are never streamed, because one customer's events may sit in both.
+    """
+    if len(log_spec.sources) != 1:
+        return False
+    path = Path(log_spec.sources[0].path)
+    return path.is_dir() and any(p.is_dir() for p in path.glob("bucket=*"))
 
 
-def score_events(events: pd.DataFrame, model: LoadedModel, as_of: pd.Timestamp, *, batch_size: int = 2048) -> pd.DataFrame:
-    """Score canonical events: one row per customer active at ``as_of`` (unsorted, no rank)."""
+def _partition_of(file: str) -> str:
+    """The ``bucket=`` directory that holds ``file``, or the file itself outside one."""
+    parent = Path(file).parent
+    return str(parent) if parent.name.startswith("bucket=") else file
+
+
+def iter_pieces(log_spec: LogSpec, stream: bool) -> Iterator[Piece]:
+    """Yield the log as one piece, or (``stream``) as one piece per partition in path order."""
+    if not stream:
+        tables = [(t, src, f, r) for src in log_spec.sources for t, f, r in iter_source_tables(src)]
+        yield Piece("all sources", tables)
+        return
+    for src in log_spec.sources:
+        chunks = iter_source_tables(src)
+        for name, group in itertools.groupby(chunks, key=lambda chunk: _partition_of(chunk[1])):
+            yield Piece(name, [(t, src, f, r) for t, f, r in group])
+
+
+def count_rows(log_spec: LogSpec) -> int | None:
+    """Rows in the log from Parquet footers (no data read); None when a source is not Parquet."""
+    import pyarrow.dataset as pads
+
+    total = 0
+    for src in log_spec.sources:
+        path = Path(src.path)
+        is_parquet = src.format == "parquet" or (src.format is None and (path.is_dir() or path.suffix == ".parquet"))
+        if not is_parquet or not path.exists():
+            return None
+        try:
+            total += pads.dataset(str(path), format="parquet", partitioning="hive").count_rows()
+        except (pa.ArrowInvalid, OSError):
+            return None  # reading the data reports the problem with its file name
+    return total
+
+
+class PartitionGuard:
+    """Raise when a customer turns up in a second streamed piece.
+
+    Keeps the sorted 64-bit hashes of every customer seen so far (8 bytes per customer).
+
+    NOTE: two different ids with the same 64-bit hash would also raise; for a million
+    customers the chance is about 3e-8. Scoring with ``stream=false`` avoids the check.
+    """
+
+    def __init__(self) -> None:
+        self._seen = np.empty(0, dtype=np.uint64)
+        self._piece_of: list[tuple[int, str]] = []  # (customers seen before the piece, piece name)
+
+    @property
+    def customers(self) -> int:
+        return len(self._seen)
+
+    def add(self, customer_ids: np.ndarray, piece: str) -> None:
+        """Record the distinct ``customer_ids`` of ``piece``; raise InputError if one was seen before."""
+        hashes = np.sort(customer_hash(customer_ids))
+        if len(self._seen):
+            pos = np.minimum(np.searchsorted(self._seen, hashes), len(self._seen) - 1)
+            again = self._seen[pos] == hashes
+            if again.any():
+                repeated = customer_ids[np.isin(customer_hash(customer_ids), hashes[again])][0]
+                raise InputError(
+                    f"customer {repeated!r} appears in partition {piece} and in an earlier partition, so streaming "
+                    "would score each part of its history separately",
+                    file=piece,
+                    hint="Partition the log by customer (every customer's events under one bucket=), or score with stream=false",
+                )
+        # Stable sort of two sorted runs is a linear merge.
+        self._seen = np.sort(np.concatenate([self._seen, hashes]), kind="stable")
+
+
+def take_shard(events: pd.DataFrame, shard: tuple[int, int]) -> pd.DataFrame:
+    """The rows of customers in shard ``shard[0]`` of ``shard[1]`` (by stable customer hash)."""
+    codes, uniques = pd.factorize(events["customer_id"])
+    mine = shard_of(np.asarray(uniques, dtype=object), shard[1]) == shard[0]
+    keep = mine[codes]
+    if keep.all():
+        return events
+    # Other shards' rows are another process's work, not dropped data: they are not counted as dropped.
+    return events.loc[keep].reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------------------
+# Scoring
+# --------------------------------------------------------------------------------------
+
+
+def _empty_scores() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "customer_id": pd.Series([], dtype="str"),
+            "churn_probability": pd.Series([], dtype="float32"),
+            "days_since_last_activity": pd.Series([], dtype="float32"),
+            "n_events": pd.Series([], dtype="int32"),
+        }
+    )
+
+
+def may_be_active(events: pd.DataFrame, as_of: pd.Timestamp, churn: ChurnDefinition) -> np.ndarray:
+    """Rows of customers with an activity-type event in the lookback window before ``as_of``.
+
+    Every customer that ``make_snapshot`` finds active at ``as_of``, with or without
+    merged order lines, is among them: a merged order starts at its earliest line, which
+    has the order's event type. Dropping the other customers' rows first changes no score.
+    """
+    ts = events["ts"]
+    recent = ((ts >= as_of - churn.lookback) & (ts < as_of)).to_numpy() & events["event_type"].isin(churn.activity_types).to_numpy()
+    return events["customer_id"].isin(events.loc[recent, "customer_id"].unique()).to_numpy()
+
+
+@dataclass
+class Features:
+    """Model inputs for the customers active at ``as_of`` plus the columns reported beside their scores."""
+
+    frame: pd.DataFrame  # customer_id, days_since_last_activity, n_events
+    inputs: dict[str, np.ndarray]
+
+
+def featurise(events: pd.DataFrame, model: LoadedModel, as_of: pd.Timestamp) -> Features:
+    """Build model inputs for every customer in canonical ``events`` who is active at ``as_of``."""
+    events = events.loc[may_be_active(events, as_of, model.churn)]
     if model.spec.collapse_orders:
         events = collapse_orders(events)
     snap = make_snapshot(events, as_of, model.churn, with_labels=False)
     if snap.empty:
-        return pd.DataFrame({"customer_id": pd.Series([], dtype="str"), "churn_probability": pd.Series([], dtype="float32")})
+        return Features(_empty_scores().drop(columns=["churn_probability"]), {})
     arrays = build_arrays(events, snap, model.spec)
-    prob = predict(model, arrays.as_inputs(), batch_size)
     recency_col = model.spec.static_features.index("log_days_since_last_activity")
     # Undo the normalisation to report days in plain units.
     log_days = arrays.static[:, recency_col] * model.spec.static_std[recency_col] + model.spec.static_mean[recency_col]
-    return pd.DataFrame(
+    frame = pd.DataFrame(
         {
             "customer_id": snap["customer_id"].to_numpy(),
-            "churn_probability": prob,
             "days_since_last_activity": np.round(np.expm1(log_days), 2).astype(np.float32),
             "n_events": arrays.mask.sum(1).astype(np.int32),
         }
     )
+    return Features(frame, arrays.as_inputs())
+
+
+def _with_probability(features: Features, probability: np.ndarray) -> pd.DataFrame:
+    out = features.frame.copy()
+    out.insert(1, "churn_probability", probability.astype(np.float32))
+    return out
+
+
+def score_events(events: pd.DataFrame, model: LoadedModel, as_of: pd.Timestamp, *, batch_size: int = 1024) -> pd.DataFrame:
+    """Score canonical events: one row per customer active at ``as_of`` (unsorted, no rank)."""
+    features = featurise(events, model, to_utc(as_of))
+    if features.frame.empty:
+        return _empty_scores()
+    return _with_probability(features, predict(model, features.inputs, batch_size))
+
+
+def _prepare(piece: Piece, log_spec: LogSpec, report: LoadReport, shard: tuple[int, int] | None) -> pd.DataFrame:
+    """Canonicalise, shard and finalise one piece's raw tables."""
+    frames = []
+    for table, src, file, first_row in piece.tables:
+        report.rows_read += table.num_rows
+        if file not in report.files:
+            report.files.append(file)
+        frame = canonicalise(table, src, log_spec, report, file=file, first_row=first_row)
+        frames.append(take_shard(frame, shard) if shard is not None else frame)
+    return finalise(frames, report)
 
 
 def score_log(
@@ -170,53 +363,89 @@ def score_log(
     model: LoadedModel,
     as_of: str | pd.Timestamp,
     *,
-    batch_size: int = 2048,
+    batch_size: int = 1024,
     shard: tuple[int, int] | None = None,
     stream: str | bool = "auto",
     progress: bool = True,
 ) -> tuple[pd.DataFrame, LoadReport, ScoreStats]:
-    """Score a whole log; returns ranked scores, the load report and run statistics."""
+    """Score a whole log; return ranked scores, the load report and run statistics.
+
+    ``stream``: ``"auto"`` streams a customer-partitioned log (see
+    :func:`is_customer_partitioned`), ``True`` streams any log piece by piece (and raises
+    if a customer spans pieces), ``False`` reads the log whole.
+    """
     as_of = to_utc(as_of)
     check_log_matches(model, log_spec)
+    if stream not in ("auto", True, False):
+        raise ValueError(f"Expected `stream` to be auto, true or false, but got {stream!r}")
     stream_on = is_customer_partitioned(log_spec) if stream == "auto" else bool(stream)
-    report, stats, parts = LoadReport(), ScoreStats(), []
-    bar = _progress(progress)
-    for piece, name in _pieces(log_spec, report, stream_on):
+    log.info("scoring as of %s, %s", as_of, "one partition at a time" if stream_on else "reading the whole log at once")
+    report, stats, guard, parts = LoadReport(), ScoreStats(), PartitionGuard(), []
+    bar = _progress(progress, count_rows(log_spec))
+    started = time.perf_counter()
+
+    def infer(features: Features) -> pd.DataFrame:
         t0 = time.perf_counter()
-        frames = []
-        for table, src, file, first_row in piece:
-            report.rows_read += table.num_rows
-            stats.rows_read += table.num_rows
-            frames.append(canonicalise(table, src, log_spec, report, file=file, first_row=first_row))
-        events = finalise(frames, report)
-        if shard is not None:
-            events = _take_shard(events, shard, report)
-        # Events at or after as_of are future for this snapshot; they are ignored, not dropped.
-        stats.events += int((events["ts"] < as_of).sum())
-        stats.add_time("read_and_prepare", time.perf_counter() - t0)
-        t1 = time.perf_counter()
-        scored = score_events(events, model, as_of, batch_size=batch_size)
-        stats.add_time("sequences_and_inference", time.perf_counter() - t1)
-        stats.customers_seen += int(events["customer_id"].nunique())
-        parts.append(scored)
-        stats.pieces += 1
-        if bar is not None:
-            bar.update(len(scored))
-            elapsed = sum(stats.seconds.values())
-            bar.set_postfix(events_per_s=f"{stats.events / max(elapsed, 1e-9):,.0f}", piece=Path(name).name)
+        scored = _with_probability(features, predict(model, features.inputs, batch_size))
+        stats.add_time("inference", time.perf_counter() - t0)
+        return scored
+
+    pending: Future | None = None
+    with ThreadPoolExecutor(1, thread_name_prefix="seqchurn-read") as reader, ThreadPoolExecutor(1, thread_name_prefix="seqchurn-infer") as inferrer:
+        pieces = iter_pieces(log_spec, stream_on)
+        next_piece = reader.submit(next, pieces, None)
+        while True:
+            t0 = time.perf_counter()
+            piece = next_piece.result()
+            stats.add_time("read_wait", time.perf_counter() - t0)
+            if piece is None:
+                break
+            next_piece = reader.submit(next, pieces, None)
+
+            t0 = time.perf_counter()
+            events = _prepare(piece, log_spec, report, shard)
+            customers = events["customer_id"].unique()
+            if stream_on:
+                guard.add(np.asarray(customers, dtype=object), piece.name)
+            stats.customers_seen += len(customers)
+            # Events at or after as_of are future for this snapshot; they are ignored, not dropped.
+            stats.events += int((events["ts"] < as_of).sum())
+            stats.rows_read, stats.pieces = report.rows_read, stats.pieces + 1
+            stats.largest_piece_rows = max(stats.largest_piece_rows, piece.rows)
+            rows = piece.rows
+            del piece
+            t1 = time.perf_counter()
+            stats.add_time("prepare", t1 - t0)
+
+            features = featurise(events, model, as_of)
+            del events
+            stats.add_time("features", time.perf_counter() - t1)
+
+            if pending is not None:
+                parts.append(_wait(pending, stats))
+                pending = None
+            if not features.frame.empty:
+                pending = inferrer.submit(infer, features)
+            if bar is not None:
+                bar.update(rows)
+                elapsed = max(time.perf_counter() - started, 1e-9)
+                bar.set_postfix(customers_per_s=f"{stats.customers_seen / elapsed:,.0f}", scored=f"{sum(len(p) for p in parts):,}")
+        if pending is not None:
+            parts.append(_wait(pending, stats))
     if bar is not None:
         bar.close()
     report.rows_kept = stats.events
-    scores = pd.concat(parts, ignore_index=True) if parts else score_events(pd.DataFrame(), model, as_of)
-    if scores["customer_id"].duplicated().any():
-        dup = scores.loc[scores["customer_id"].duplicated(), "customer_id"].iloc[0]
-        raise InputError(
-            f"customer {dup!r} appears in more than one partition, so its history was split",
-            hint="Partition the log by customer hash (seqchurn synth does), or score with stream=false",
-        )
+    scores = pd.concat(parts, ignore_index=True) if parts else _empty_scores()
     scores = rank_scores(scores, model, as_of)
     stats.customers_scored = len(scores)
     return scores, report, stats
+
+
+def _wait(pending: Future, stats: ScoreStats) -> pd.DataFrame:
+    t0 = time.perf_counter()
+    scored = pending.result()
+    stats.add_time("inference_wait", time.perf_counter() - t0)
+    return scored
 
 
 def rank_scores(scores: pd.DataFrame, model: LoadedModel, as_of: pd.Timestamp) -> pd.DataFrame:
@@ -226,31 +455,27 @@ def rank_scores(scores: pd.DataFrame, model: LoadedModel, as_of: pd.Timestamp) -
     scores["alert"] = scores["churn_probability"] >= model.threshold
     scores["model_version"] = model.version
     scores["as_of"] = as_of
-    return scores[["customer_id", "churn_probability", "rank", "alert", "days_since_last_activity", "n_events", "model_version", "as_of"]]
+    return scores[list(SCORE_COLUMNS)]
 
 
-def _take_shard(events: pd.DataFrame, shard: tuple[int, int], report: LoadReport) -> pd.DataFrame:
-    from seqchurn.data.sharding import shard_of
-
-    uniq, inverse = np.unique(events["customer_id"].to_numpy(dtype=object), return_inverse=True)
-    mine = shard_of(uniq, shard[1]) == shard[0]
-    keep = mine[inverse]
-    # Other shards' rows are someone else's work, not dropped data: not counted as dropped.
-    return events.loc[keep].reset_index(drop=True)
-
-
-def _progress(enabled: bool) -> Any:
+def _progress(enabled: bool, total_rows: int | None) -> Any:
     if not enabled:
         return None
     from tqdm import tqdm
 
-    return tqdm(unit=" customers", desc="scoring", mininterval=1.0)
+    # The bar counts raw rows (events) read; its rate is events per second.
+    return tqdm(total=total_rows, unit=" events", unit_scale=True, desc="scoring", mininterval=1.0)
+
+
+def shard_suffix(shard: tuple[int, int] | None) -> str:
+    """File name suffix of a shard's outputs: ``-part-00002-of-00008`` for shard 2 of 8."""
+    return f"-part-{shard[0]:05d}-of-{shard[1]:05d}" if shard else ""
 
 
 def write_outputs(scores: pd.DataFrame, out_dir: Path, shard: tuple[int, int] | None) -> dict[str, str]:
     """Write scores (Parquet) and alerts (CSV) atomically; return their paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    suffix = f"-part-{shard[0]:05d}-of-{shard[1]:05d}" if shard else ""
+    suffix = shard_suffix(shard)
     scores_path = out_dir / f"scores{suffix}.parquet"
     alerts_path = out_dir / f"alerts{suffix}.csv"
     atomic_write_parquet(scores, scores_path)
@@ -260,54 +485,54 @@ def write_outputs(scores: pd.DataFrame, out_dir: Path, shard: tuple[int, int] | 
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
-    """The `seqchurn score` task: load, score, write, summarise."""
-    t0 = time.perf_counter()
+    """The `seqchurn score` task: load, score, write, summarise. Returns the run summary."""
     if not cfg.get("as_of"):
         raise InputError("no as-of date given", hint="Add as_of=YYYY-MM-DD (customers are scored as of that moment; later events are ignored)")
-    model = load_model(hydra.utils.to_absolute_path(cfg.model_dir), intra_op_threads=int(cfg.threads))
-    log_spec = LogSpec.from_config(cfg.data)
-    for src in log_spec.sources:
-        src.path = hydra.utils.to_absolute_path(src.path)
-    shard = None
-    if cfg.get("shard"):
-        from seqchurn.data.sharding import parse_shard
-
-        shard = parse_shard(str(cfg.shard))
-    scores, report, stats = score_log(log_spec, model, cfg.as_of, batch_size=int(cfg.batch_size), shard=shard, stream=cfg.stream, progress=bool(cfg.progress))
+    shard = parse_shard(str(cfg.shard)) if cfg.get("shard") else None
     out_dir = Path(hydra.utils.to_absolute_path(cfg.output_dir))
-    paths = write_outputs(scores, out_dir, shard)
-    n_alerts = int(scores["alert"].sum())
-    if n_alerts == 0:
-        log.warning("no customer reaches the alert threshold %.3f: alerts.csv is empty", model.threshold)
-    summary = {
-        "command": "score",
-        "status": "ok",
-        "model_version": model.version,
-        "as_of": str(to_utc(cfg.as_of)),
-        "shard": cfg.get("shard"),
-        "threshold": model.threshold,
-        "rows_read": report.rows_read,
-        "rows_dropped": report.dropped,
-        "rows_changed": report.changed,
-        "events_before_as_of": stats.events,
-        "customers_seen": stats.customers_seen,
-        "customers_scored": stats.customers_scored,
-        "alerts": n_alerts,
-        "outputs": paths,
-        "seconds": {**stats.seconds, "total": time.perf_counter() - t0},
-        "config": OmegaConf.to_container(cfg, resolve=True),
-    }
-    suffix = f"-part-{shard[0]:05d}-of-{shard[1]:05d}" if shard else ""
-    atomic_write_json(out_dir / f"run_summary{suffix}.json", summary)
-    log.info("scored %d customers (%d alerts at threshold %.3f) in %.1f s", stats.customers_scored, n_alerts, model.threshold, summary["seconds"]["total"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    with track_run("score", out_dir / f"run_summary{shard_suffix(shard)}.json", config=config) as summary:
+        with summary.stage("load_model"):
+            model = load_model(hydra.utils.to_absolute_path(cfg.model_dir), intra_op_threads=int(cfg.threads))
+        log_spec = LogSpec.from_config(cfg.data)
+        for src in log_spec.sources:
+            src.path = hydra.utils.to_absolute_path(src.path)
+        with summary.stage("score"):
+            scores, report, stats = score_log(
+                log_spec, model, cfg.as_of, batch_size=int(cfg.batch_size), shard=shard, stream=cfg.stream, progress=bool(cfg.progress)
+            )
+        summary.add_load_report(report)
+        with summary.stage("write"):
+            paths = write_outputs(scores, out_dir, shard)
+        n_alerts = int(scores["alert"].sum())
+        if n_alerts == 0:
+            log.warning("no customer reaches the alert threshold %.3f: alerts.csv is empty", model.threshold)
+        summary.customers_scored, summary.alerts = stats.customers_scored, n_alerts
+        summary.details.update(
+            {
+                "model_version": model.version,
+                "as_of": str(to_utc(cfg.as_of)),
+                "shard": cfg.get("shard"),
+                "threshold": model.threshold,
+                "events_before_as_of": stats.events,
+                "customers_seen": stats.customers_seen,
+                "pieces": stats.pieces,
+                "largest_piece_rows": stats.largest_piece_rows,
+                "score_seconds": stats.seconds,
+                "outputs": paths,
+            }
+        )
+    log.info("scored %d customers (%d alerts at threshold %.3f) in %.1f s", stats.customers_scored, n_alerts, model.threshold, sum(summary.durations_s.values()))
     print(f"scores: {paths['scores']}\nalerts: {paths['alerts']} ({n_alerts} customers at or above threshold {model.threshold:.3f})")
-    return summary
+    return summary.to_dict()
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="score")
 @exits_on_error
 def main(cfg: DictConfig) -> None:
-    os.environ.setdefault("OMP_NUM_THREADS", str(cfg.threads or ""))
+    if cfg.threads:
+        os.environ.setdefault("OMP_NUM_THREADS", str(cfg.threads))
     run(cfg)
 
 

@@ -5,14 +5,23 @@ event type, amount (or quantity and unit price), item, category and order id, an
 map the shop's event names onto ``EVENT_TYPES``. Every row that is dropped is counted by
 reason in a :class:`LoadReport`; every value that cannot be read raises
 :class:`InputError` with the file, 1-based data row, column and value.
+``docs/input-format.md`` describes the whole input contract.
+
+With a pseudonymisation key configured (``SEQCHURN_PSEUDONYM_KEY`` or
+``privacy.key_file``), customer ids are replaced by keyed tokens right after they are
+parsed, so nothing downstream of :func:`canonicalise` sees a raw id.
 """
 
 from __future__ import annotations
 
+import codecs
+import csv
+import dataclasses
+import hmac
 import logging
-import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from hashlib import sha256
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +31,17 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.dataset as pads
 
+from seqchurn.data import columns as parse
+from seqchurn.data.columns import TimeRules
 from seqchurn.data.schema import COLUMNS, EVENT_TYPE_DTYPE, EVENT_TYPES, InputError, LoadReport, empty_events
+from seqchurn.privacy import KEY_ENV_VAR, load_key, pseudonymise
 
 log = logging.getLogger(__name__)
 
 ROLES = ("customer_id", "timestamp", "event_type", "amount", "quantity", "unit_price", "item_id", "category_id", "order_id")
-_OFFSET_RE = r"(?:[zZ]|[+-]\d{2}(?::?\d{2})?)$"
+PRIVACY_KEYS = ("key_file",)
 _ROW = "__row__"
+_KEY_ID_LABEL = b"seqchurn pseudonym key id"
 
 
 @dataclass
@@ -54,6 +67,7 @@ class LogSpec:
     timestamp_unit: str | None = None  # None: strings/datetimes; s | ms | us | ns: epoch numbers
     timezone: str = "UTC"  # zone of naive timestamps
     ambiguous: str = "raise"  # DST fall-back times: raise | earliest | latest
+    nonexistent: str = "shift_forward"  # DST spring-forward gap times: shift_forward | raise
     min_date: str = "1990-01-01"
     max_date: str | None = None  # default: now + 1 day
     event_type_map: dict[str, str] = field(default_factory=dict)
@@ -64,10 +78,17 @@ class LogSpec:
     exclude_items: tuple[str, ...] = ()
     negative_quantity_is_return: bool = True
     strict: bool = False
+    key_file: str | None = None  # privacy.key_file: path of the pseudonymisation key
+    # The key itself: never printed, compared or serialised with the spec.
+    pseudonym_key: bytes | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> LogSpec:
-        """Build from a data config mapping (a Hydra ``DictConfig`` or a plain dict)."""
+        """Build from a data config mapping (a Hydra ``DictConfig`` or a plain dict).
+
+        Also loads the pseudonymisation key from ``privacy.key_file`` or else from the
+        environment variable ``SEQCHURN_PSEUDONYM_KEY`` (see :func:`seqchurn.privacy.load_key`).
+        """
         cfg = _plain(cfg)
         sources = cfg.get("sources")
         if not sources:
@@ -79,15 +100,15 @@ class LogSpec:
             unknown = set(src["columns"]) - set(ROLES)
             if unknown:
                 raise InputError(f"data source {src['path']} maps unknown roles {sorted(unknown)}; valid roles are {list(ROLES)}")
-            csv = src.get("csv") or {}
+            csv_options = src.get("csv") or {}
             specs.append(
                 SourceSpec(
                     path=str(src["path"]),
                     columns=dict(src["columns"]),
                     format=src.get("format"),
-                    csv_header=bool(csv.get("header", True)),
-                    csv_names=csv.get("names"),
-                    csv_delimiter=csv.get("delimiter", ","),
+                    csv_header=bool(csv_options.get("header", True)),
+                    csv_names=csv_options.get("names"),
+                    csv_delimiter=csv_options.get("delimiter", ","),
                     encoding=src.get("encoding", "utf8"),
                     start=src.get("start"),
                     before=src.get("before"),
@@ -96,11 +117,13 @@ class LogSpec:
         ts = cfg.get("timestamp") or {}
         ev = cfg.get("event_types") or {}
         ret = cfg.get("returns") or {}
+        key_file = _privacy_key_file(cfg.get("privacy"))
         spec = cls(
             sources=specs,
             timestamp_unit=ts.get("unit"),
             timezone=ts.get("timezone", "UTC"),
             ambiguous=ts.get("ambiguous", "raise"),
+            nonexistent=ts.get("nonexistent", "shift_forward"),
             min_date=ts.get("min_date", "1990-01-01"),
             max_date=ts.get("max_date"),
             event_type_map={str(k): v for k, v in (ev.get("map") or {}).items()},
@@ -111,27 +134,73 @@ class LogSpec:
             exclude_items=tuple(str(x) for x in (cfg.get("exclude_items") or ())),
             negative_quantity_is_return=bool(ret.get("negative_quantity", True)),
             strict=bool(cfg.get("strict", False)),
+            key_file=key_file,
         )
         spec.validate()
+        spec.pseudonym_key = load_key(KEY_ENV_VAR, key_file)
         return spec
 
+    @property
+    def time_rules(self) -> TimeRules:
+        return TimeRules(
+            unit=self.timestamp_unit, timezone=self.timezone, ambiguous=self.ambiguous, nonexistent=self.nonexistent,
+            min_date=self.min_date, max_date=self.max_date,
+        )
+
+    @property
+    def pseudonymised(self) -> bool:
+        """Whether customer ids are replaced by tokens at load."""
+        return self.pseudonym_key is not None
+
+    @property
+    def pseudonym_key_id(self) -> str | None:
+        """Public id of the pseudonymisation key (None without a key); see :func:`pseudonym_key_id`."""
+        return pseudonym_key_id(self.pseudonym_key) if self.pseudonym_key is not None else None
+
     def validate(self) -> None:
-        if self.timestamp_unit not in (None, "s", "ms", "us", "ns"):
-            raise InputError(f"Expected `timestamp.unit` to be null, s, ms, us or ns, but got {self.timestamp_unit!r}")
-        if self.ambiguous not in ("raise", "earliest", "latest"):
-            raise InputError(f"Expected `timestamp.ambiguous` to be raise, earliest or latest, but got {self.ambiguous!r}")
+        self.time_rules.validate()
         if self.unknown_event_type not in ("error", "other"):
             raise InputError(f"Expected `event_types.unknown` to be error or other, but got {self.unknown_event_type!r}")
         targets = set(self.event_type_map.values()) | {self.default_event_type}
-        bad = sorted(t for t in targets if t not in EVENT_TYPES)
+        bad = sorted(str(t) for t in targets if t not in EVENT_TYPES)
         if bad:
             raise InputError(f"event type mapping targets {bad} are not canonical types; use one of {list(EVENT_TYPES)}")
         for src in self.sources:
             for role in ("customer_id", "timestamp"):
                 if not src.columns.get(role):
                     raise InputError(f"data source {src.path} does not map the required role `{role}` to a column")
+            try:
+                codecs.lookup(src.encoding)
+            except LookupError:
+                raise InputError(f"unknown text encoding {src.encoding!r}", file=src.path, hint="Use a Python codec name such as utf8 or latin-1") from None
             if not src.columns.get("amount") and not (src.columns.get("quantity") and src.columns.get("unit_price")):
                 log.info("source %s has no amount column (nor quantity x unit_price): amounts are set to 0", src.path)
+
+
+def pseudonym_key_id(key: bytes) -> str:
+    """Return a public id of a pseudonymisation key: 16 hex digits of HMAC-SHA256(key, a fixed label).
+
+    It lets a model card record which key made its tokens, so scoring can check it uses
+    the same key, without storing the key. Like any keyed hash it allows checking guessed
+    keys offline, which is infeasible for random keys of ``MIN_KEY_BYTES`` or more.
+    """
+    return hmac.new(key, _KEY_ID_LABEL, sha256).hexdigest()[:16]
+
+
+def _privacy_key_file(section: Any) -> str | None:
+    if section is None:
+        return None
+    if not isinstance(section, Mapping):
+        raise InputError(f"Expected `privacy` to be a mapping with `key_file`, but got a {type(section).__name__}")
+    unknown = sorted(str(k) for k in section if k not in PRIVACY_KEYS)
+    if unknown:
+        # Only the names are shown: a misplaced key value must not reach logs.
+        raise InputError(
+            f"unknown setting(s) {unknown} under `privacy`; only `key_file` is read",
+            hint=f"Never put the key itself in a config: write it to a file named by `privacy.key_file` or set {KEY_ENV_VAR}",
+        )
+    key_file = section.get("key_file")
+    return None if key_file in (None, "") else str(key_file)
 
 
 def _plain(cfg: Any) -> Any:
@@ -171,38 +240,41 @@ def iter_source_tables(src: SourceSpec, *, batch_rows: int | None = None) -> Ite
     """Yield ``(table, file, first_row)`` pieces of one source with only the mapped columns.
 
     ``first_row`` is the 0-based position of the piece's first row in ``file``, so errors can
-    name the row. Parquet datasets are read file by file.
+    name the row. Parquet datasets are read file by file; a file of a dataset may have no
+    rows, but a single file must have some.
     """
     path = Path(src.path)
     if not path.exists():
         raise InputError("file not found", file=src.path, hint="Check the `path` of this source in the data config")
     needed = _needed_columns(src)
     fmt = _format_of(src)
-    if fmt == "parquet":
+    if fmt == "csv":
+        yield from _slices(_read_csv(src, needed), src.path, batch_rows)
+        return
+    try:
+        dataset = pads.dataset(str(path), format="parquet", partitioning="hive")
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise InputError(f"cannot read as Parquet: {exc}", file=src.path) from exc
+    _check_columns(dataset.schema.names, needed, src.path)
+    if not path.is_dir():
         try:
-            dataset = pads.dataset(str(path), format="parquet", partitioning="hive")
+            table = dataset.to_table(columns=needed)
         except (pa.ArrowInvalid, OSError) as exc:
             raise InputError(f"cannot read as Parquet: {exc}", file=src.path) from exc
-        _check_columns(dataset.schema.names, needed, src.path)
-        if not path.is_dir():
-            try:
-                table = dataset.to_table(columns=needed)
-            except (pa.ArrowInvalid, OSError) as exc:
-                raise InputError(f"cannot read as Parquet: {exc}", file=src.path) from exc
-            yield from _slices(table, src.path, batch_rows)
-            return
-        fragments = sorted(dataset.get_fragments(), key=lambda f: f.path)
-        if not fragments:
-            raise InputError("the Parquet dataset directory contains no files", file=src.path)
-        for fragment in fragments:
-            try:
-                # The dataset schema lets hive partition columns (e.g. bucket=7) be read too.
-                table = fragment.to_table(columns=needed, schema=dataset.schema)
-            except (pa.ArrowInvalid, OSError) as exc:
-                raise InputError(f"cannot read as Parquet: {exc}", file=fragment.path) from exc
-            yield from _slices(table, fragment.path, batch_rows)
-    else:
-        yield from _slices(_read_csv(src, needed), src.path, batch_rows)
+        if table.num_rows == 0:
+            raise InputError("the file has no rows", file=src.path, hint="Point the source at a non-empty log")
+        yield from _slices(table, src.path, batch_rows)
+        return
+    fragments = sorted(dataset.get_fragments(), key=lambda f: f.path)
+    if not fragments:
+        raise InputError("the Parquet dataset directory contains no files", file=src.path)
+    for fragment in fragments:
+        try:
+            # The dataset schema lets hive partition columns (e.g. bucket=7) be read too.
+            table = fragment.to_table(columns=needed, schema=dataset.schema)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise InputError(f"cannot read as Parquet: {exc}", file=fragment.path) from exc
+        yield from _slices(table, fragment.path, batch_rows)
 
 
 def _slices(table: pa.Table, file: str, batch_rows: int | None) -> Iterator[tuple[pa.Table, str, int]]:
@@ -225,49 +297,120 @@ def _check_columns(available: list[str], needed: list[str], file: str) -> None:
 
 
 def _read_csv(src: SourceSpec, needed: list[str]) -> pa.Table:
+    names = _csv_header(src) if src.csv_header else _configured_names(src)
+    _check_columns(names, needed, src.path)
     read_opts = pacsv.ReadOptions(encoding=src.encoding, block_size=1 << 24)
     if not src.csv_header:
-        if not src.csv_names:
-            raise InputError("a CSV source without a header needs `csv.names`", file=src.path)
-        read_opts.column_names = list(src.csv_names)
+        read_opts.column_names = names
     parse_opts = pacsv.ParseOptions(delimiter=src.csv_delimiter)
-    _check_columns(_csv_header(src) if src.csv_header else list(src.csv_names), needed, src.path)
-    # Read every column as text so ids keep their leading zeros and errors can show raw values.
+    # Columns are read as bytes: ids keep their leading zeros, errors can show raw values,
+    # and the column parsers report the exact row of a value that is not valid UTF-8.
     convert_opts = pacsv.ConvertOptions(
-        column_types={c: pa.string() for c in needed},
+        column_types={c: pa.binary() for c in needed},
         include_columns=needed,
         strings_can_be_null=True,
         null_values=[""],
     )
     try:
         table = pacsv.read_csv(src.path, read_options=read_opts, parse_options=parse_opts, convert_options=convert_opts)
+    except UnicodeDecodeError as exc:
+        raise _decode_error(src, exc) from None
     except pa.ArrowInvalid as exc:
         text = str(exc)
         if "Empty CSV file" in text:
-            raise InputError("the file is empty", file=src.path, hint="Point the source at a log with a header and rows") from exc
-        if "UTF8" in text or "utf8" in text.lower():
-            raise InputError(
-                f"text is not valid {src.encoding}: {text}", file=src.path, hint="Set `encoding:` on the source (e.g. latin-1)"
-            ) from exc
-        raise InputError(f"cannot parse CSV: {text}", file=src.path, hint="Check the delimiter, quoting and header settings") from exc
+            raise InputError("the file is empty", file=src.path, hint="Point the source at a log with a header and rows") from None
+        if "CSV parse error" in text:
+            raise _parse_error(src, read_opts, parse_opts, convert_opts, text) from None
+        raise InputError(f"cannot parse CSV: {text}", file=src.path, hint="Check the delimiter, quoting and header settings") from None
     if table.num_rows == 0:
         raise InputError("the file has a header but no rows", file=src.path)
     return table
 
 
+def _configured_names(src: SourceSpec) -> list[str]:
+    if not src.csv_names:
+        raise InputError("a CSV source without a header needs `csv.names`", file=src.path)
+    return [str(name) for name in src.csv_names]
+
+
 def _csv_header(src: SourceSpec) -> list[str]:
-    opts = pacsv.ReadOptions(encoding=src.encoding, block_size=1 << 16)
-    # Every column as text, so the header read never fails on a value's type.
-    convert = pacsv.ConvertOptions(auto_dict_encode=False, strings_can_be_null=True)
+    """Read the column names from the first line, decoded with the source's encoding."""
+    first = b""
+    with pa.input_stream(src.path, compression="detect") as stream:
+        while b"\n" not in first:
+            chunk = stream.read(1 << 16)
+            if not chunk:
+                break
+            first += chunk
+    line = first.split(b"\n", 1)[0].rstrip(b"\r")
+    encoding = "utf-8-sig" if codecs.lookup(src.encoding).name == "utf-8" else src.encoding
     try:
-        with pacsv.open_csv(src.path, read_options=opts, parse_options=pacsv.ParseOptions(delimiter=src.csv_delimiter), convert_options=convert) as reader:
-            return reader.schema.names
-    except pa.ArrowInvalid as exc:
-        if "Empty CSV file" in str(exc):
-            raise InputError("the file is empty", file=src.path, hint="Point the source at a log with a header and rows") from exc
-        if "utf8" in str(exc).lower():
-            raise InputError(f"text is not valid {src.encoding}: {exc}", file=src.path, hint="Set `encoding:` on the source (e.g. latin-1)") from exc
-        raise InputError(f"cannot parse CSV header: {exc}", file=src.path, hint="Check the delimiter and header settings") from exc
+        text = line.decode(encoding)
+    except UnicodeDecodeError as exc:
+        raise InputError(
+            f"the header line is not valid {src.encoding}: {exc.reason} at byte {exc.start}", file=src.path, value=line[:200],
+            hint="Set `encoding:` on the source (e.g. latin-1)",
+        ) from None
+    if not text.strip():
+        raise InputError("the file is empty", file=src.path, hint="Point the source at a log with a header and rows")
+    return next(csv.reader([text], delimiter=src.csv_delimiter))
+
+
+def _decode_error(src: SourceSpec, exc: UnicodeDecodeError) -> InputError:
+    """Build an InputError that names the line whose bytes the encoding cannot decode."""
+    line_number, line = _locate_decode_error(src.path, src.encoding)
+    row = None
+    if line_number is not None:
+        row = line_number - 1 if src.csv_header else line_number
+    return InputError(
+        f"text is not valid {src.encoding}: {exc.reason}", file=src.path, row=row, value=line,
+        hint="Set `encoding:` on the source to the file's encoding (e.g. latin-1 or cp1252)",
+    )
+
+
+def _locate_decode_error(path: str, encoding: str) -> tuple[int | None, bytes | None]:
+    """Return the 1-based physical line and its bytes where decoding first fails, streaming the file."""
+    decoder = codecs.getincrementaldecoder(encoding)("strict")
+    line_number = 1
+    with pa.input_stream(path, compression="detect") as stream:
+        while chunk := stream.read(1 << 20):
+            pending = decoder.getstate()[0]
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as exc:
+                data = pending + chunk
+                line_number += data.count(b"\n", 0, exc.start)
+                start = data.rfind(b"\n", 0, exc.start) + 1
+                end = data.find(b"\n", exc.start)
+                return line_number, data[start : end if end >= 0 else len(data)][:200]
+            line_number += chunk.count(b"\n")
+    return None, None
+
+
+def _parse_error(src: SourceSpec, read_opts: Any, parse_opts: Any, convert_opts: Any, text: str) -> InputError:
+    """Re-read single-threaded, where pyarrow numbers the rows, to name the malformed row."""
+    invalid: list[Any] = []
+
+    def remember(row: Any) -> str:
+        invalid.append(row)
+        return "error"
+
+    read_opts = pacsv.ReadOptions(
+        encoding=read_opts.encoding, block_size=read_opts.block_size, column_names=read_opts.column_names, use_threads=False
+    )
+    parse_opts = pacsv.ParseOptions(delimiter=parse_opts.delimiter, invalid_row_handler=remember)
+    try:
+        pacsv.read_csv(src.path, read_options=read_opts, parse_options=parse_opts, convert_options=convert_opts)
+    except (pa.ArrowInvalid, UnicodeDecodeError):
+        pass
+    if invalid and invalid[0].number is not None:
+        bad = invalid[0]
+        row = bad.number - 1 if src.csv_header else bad.number
+        return InputError(
+            f"expected {bad.expected_columns} fields but found {bad.actual_columns}", file=src.path, row=row, value=bad.text,
+            hint="Check the delimiter and the quoting of values that contain it",
+        )
+    return InputError(f"cannot parse CSV: {text}", file=src.path, hint="Check the delimiter, quoting and header settings")
 
 
 # --------------------------------------------------------------------------------------
@@ -275,137 +418,11 @@ def _csv_header(src: SourceSpec) -> list[str]:
 # --------------------------------------------------------------------------------------
 
 
-def _first_bad(mask: np.ndarray, raw: pd.Series, rows: np.ndarray) -> tuple[int, object]:
-    i = int(np.flatnonzero(mask)[0])
-    return int(rows[i]) + 1, raw.iloc[i]
-
-
-def _customer_ids(col: pa.ChunkedArray, file: str, rows: np.ndarray) -> pd.Series:
-    """Ids as strings exactly as written; integral floats (a Parquet artefact) lose the ``.0``."""
-    if pa.types.is_floating(col.type):
-        values = col.to_numpy(zero_copy_only=False)
-        present = ~np.isnan(values)
-        fractional = present & (np.mod(values, 1) != 0)
-        if fractional.any():
-            i = int(np.flatnonzero(fractional)[0])
-            raise InputError("customer id is not a whole number", file=file, row=int(rows[i]) + 1, column="customer_id", value=values[i])
-        out = pd.Series(pd.array(values, dtype="Int64")).astype("str")
-        out[~present] = None
-        return out.astype("str")
-    if pa.types.is_integer(col.type):
-        return pd.Series(col.to_pandas()).astype("str").where(pd.Series(col.is_valid().to_numpy(zero_copy_only=False)))
-    ids = pd.Series(col.cast(pa.string()).to_pandas(), dtype="str")
-    blank = ids.str.strip() == ""
-    return ids.mask(blank.fillna(False).astype(bool))
-
-
-def _parse_timestamps(raw: pa.ChunkedArray, spec: LogSpec, file: str, rows: np.ndarray, column: str) -> pd.Series:
-    unit = spec.timestamp_unit
-    n = len(raw)
-    if unit is not None:
-        raw_s = pd.Series(raw.to_pandas())
-        if pa.types.is_integer(raw.type):
-            numbers = raw_s.astype("Int64")
-        else:
-            # Integers in text stay exact (int64); float64 would round nanosecond epochs.
-            numbers = pd.to_numeric(raw_s, errors="coerce", dtype_backend="numpy_nullable")
-        bad = (numbers.isna() & raw_s.notna()).to_numpy()
-        if bad.any():
-            row, value = _first_bad(bad, raw_s, rows)
-            raise InputError(
-                f"timestamp is not a number of epoch {unit}", file=file, row=row, column=column, value=value,
-                hint="Fix the value, or set `timestamp.unit: null` if the column holds date strings",
-            )
-        out = pd.to_datetime(numbers, unit=unit, utc=True, errors="coerce")
-    elif pa.types.is_timestamp(raw.type):
-        out = pd.Series(raw.to_pandas())
-        if out.dt.tz is None:
-            out = _localize(out, spec, file, rows, column)
-        else:
-            out = out.dt.tz_convert("UTC")
-    elif pa.types.is_date(raw.type):
-        out = _localize(pd.to_datetime(pd.Series(raw.to_pandas())), spec, file, rows, column)
-    else:
-        raw_s = pd.Series(raw.cast(pa.string()).to_pandas(), dtype="str").str.strip()
-        has_offset = raw_s.str.contains(_OFFSET_RE, regex=True, na=False).to_numpy()
-        parts = [pd.Series(pd.NaT, index=raw_s.index[raw_s.isna().to_numpy()], dtype="datetime64[ns, UTC]")]
-        if has_offset.any():
-            parts.append(pd.to_datetime(raw_s[has_offset], format="ISO8601", utc=True, errors="coerce").astype("datetime64[ns, UTC]"))
-        naive = ~has_offset & raw_s.notna().to_numpy()
-        if naive.any():
-            parsed = pd.to_datetime(raw_s[naive], format="ISO8601", errors="coerce")
-            parts.append(_localize(parsed, spec, file, rows[naive], column).astype("datetime64[ns, UTC]"))
-        out = pd.concat([p for p in parts if len(p)] or parts[:1]).reindex(raw_s.index)
-        bad = (out.isna() & raw_s.notna()).to_numpy()
-        if bad.any():
-            row, value = _first_bad(bad, raw_s, rows)
-            raise InputError(
-                "cannot parse timestamp as an ISO 8601 date or date-time", file=file, row=row, column=column, value=value,
-                hint="Use ISO 8601 (e.g. 2011-03-01T14:05:00+00:00), or set `timestamp.unit` to s or ms for epoch numbers",
-            )
-    out = out.astype("datetime64[ns, UTC]") if n else pd.Series([], dtype="datetime64[ns, UTC]")
-    _check_plausible(out, raw, spec, file, rows, column)
-    return out.reset_index(drop=True)
-
-
-def _localize(values: pd.Series, spec: LogSpec, file: str, rows: np.ndarray, column: str) -> pd.Series:
-    values = values.astype("datetime64[ns]")
-    ambiguous = {"raise": "raise", "earliest": True, "latest": False}[spec.ambiguous]
-    try:
-        return values.dt.tz_localize(spec.timezone, ambiguous=ambiguous, nonexistent="shift_forward").dt.tz_convert("UTC")
-    except Exception as exc:  # pytz / zoneinfo errors for ambiguous times or unknown zones
-        if "ambiguous" in str(exc).lower():
-            raise InputError(
-                f"local time is ambiguous in {spec.timezone} (daylight-saving fall-back): {exc}", file=file, column=column,
-                hint="Set `timestamp.ambiguous` to earliest or latest, or store times with UTC offsets",
-            ) from exc
-        raise InputError(f"cannot convert local times from zone {spec.timezone!r}: {exc}", file=file, column=column) from exc
-
-
-def _check_plausible(ts: pd.Series, raw: pa.ChunkedArray, spec: LogSpec, file: str, rows: np.ndarray, column: str) -> None:
-    lo = pd.Timestamp(spec.min_date, tz="UTC")
-    hi = pd.Timestamp(spec.max_date, tz="UTC") if spec.max_date else pd.Timestamp.now(tz="UTC") + pd.Timedelta(days=1)
-    bad = (ts.notna() & ((ts < lo) | (ts > hi))).to_numpy()
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raw_value = raw[i].as_py()
-        raise InputError(
-            f"timestamp decodes to {ts.iloc[i]}, outside the plausible range {lo.date()} .. {hi.date()} "
-            f"(configured timestamp.unit: {spec.timestamp_unit})",
-            file=file, row=int(rows[i]) + 1, column=column, value=raw_value,
-            hint="Check `timestamp.unit` (s vs ms) or widen `timestamp.min_date` / `timestamp.max_date`",
-        )
-
-
-def _numbers(raw: pa.ChunkedArray, file: str, rows: np.ndarray, column: str, role: str) -> pd.Series:
-    if pa.types.is_floating(raw.type) or pa.types.is_integer(raw.type) or pa.types.is_decimal(raw.type):
-        return pd.Series(raw.to_numpy(zero_copy_only=False), dtype="float64")
-    raw_s = pd.Series(raw.cast(pa.string()).to_pandas(), dtype="str")
-    values = pd.to_numeric(raw_s.str.strip(), errors="coerce").astype("float64")
-    bad = (values.isna() & raw_s.notna()).to_numpy()
-    if bad.any():
-        row, value = _first_bad(bad, raw_s, rows)
-        raise InputError(f"{role} is not a number", file=file, row=row, column=column, value=value, hint="Fix or remove the row")
-    inf = np.isinf(values.to_numpy())
-    if inf.any():
-        row, value = _first_bad(inf, raw_s, rows)
-        raise InputError(f"{role} is infinite", file=file, row=row, column=column, value=value)
-    return values
-
-
-def _strings(raw: pa.ChunkedArray | None, n: int) -> pd.Series:
-    if raw is None:
-        return pd.Series([None] * n, dtype="str")
-    if pa.types.is_floating(raw.type):
-        values = raw.to_numpy(zero_copy_only=False)
-        if np.all(np.isnan(values) | (np.mod(values, 1) == 0)):
-            out = pd.Series(pd.array(values, dtype="Int64")).astype("str")
-            return out.mask(np.isnan(values))
-    return pd.Series(raw.cast(pa.string()).to_pandas(), dtype="str")
-
-
 def canonicalise(table: pa.Table, src: SourceSpec, spec: LogSpec, report: LoadReport, *, file: str, first_row: int = 0) -> pd.DataFrame:
-    """Map one raw table to canonical columns (no deduplication or sorting yet)."""
+    """Map one raw table to canonical columns (no deduplication or sorting yet).
+
+    Customer ids are pseudonymised here when ``spec`` carries a key.
+    """
     n = table.num_rows
     rows = np.arange(first_row, first_row + n, dtype=np.int64)
     cols = src.columns
@@ -416,51 +433,16 @@ def canonicalise(table: pa.Table, src: SourceSpec, spec: LogSpec, report: LoadRe
         name = cols.get(role)
         return table.column(name) if name else None
 
-    customer = _customer_ids(col("customer_id"), file, rows)
-    ts = _parse_timestamps(col("timestamp"), spec, file, rows, cols["timestamp"])
-
-    quantity = _numbers(col("quantity"), file, rows, cols["quantity"], "quantity") if cols.get("quantity") else pd.Series(np.nan, index=range(n))
-    if cols.get("amount"):
-        amount = _numbers(col("amount"), file, rows, cols["amount"], "amount")
-    elif cols.get("quantity") and cols.get("unit_price"):
-        price = _numbers(col("unit_price"), file, rows, cols["unit_price"], "unit price")
-        amount = quantity * price
-    else:
-        amount = pd.Series(0.0, index=range(n))
-    missing_amount = amount.isna().to_numpy()
-    if missing_amount.any():
-        report.change("amount_missing_set_to_zero", int(missing_amount.sum()))
-        amount = amount.fillna(0.0)
-
-    order = _strings(col("order_id"), n)
-    item = _strings(col("item_id"), n)
-    category = _strings(col("category_id"), n)
-
-    if cols.get("event_type"):
-        raw_types = pd.Series(col("event_type").cast(pa.string()).to_pandas(), dtype="str").str.strip()
-        mapping = {**{t: t for t in EVENT_TYPES}, **spec.event_type_map}
-        event = raw_types.map(mapping)
-        unknown = (event.isna()).to_numpy()
-        if unknown.any():
-            if spec.unknown_event_type == "error":
-                row, value = _first_bad(unknown, raw_types, rows)
-                raise InputError(
-                    f"unknown event type; mapped types are {sorted(mapping)}", file=file, row=row, column=cols["event_type"], value=value,
-                    hint="Add it under `event_types.map` in the data config, or set `event_types.unknown: other`",
-                )
-            report.change("unknown_event_type_mapped_to_other", int(unknown.sum()))
-            event = event.fillna("other")
-    else:
-        event = pd.Series(spec.default_event_type, index=range(n), dtype="str")
-
-    # Returns and cancellations: never purchases with negative amounts.
-    is_return = np.array(event == "return", dtype=bool)
-    if spec.return_order_prefixes:
-        is_return |= order.str.startswith(spec.return_order_prefixes).fillna(False).to_numpy(dtype=bool)
-    if spec.negative_quantity_is_return and cols.get("quantity"):
-        is_return |= (quantity < 0).to_numpy()
-    is_return |= (amount < 0).to_numpy() & (event == "purchase").to_numpy()
-    event = event.mask(is_return, "return")
+    customer = parse.customer_ids(col("customer_id"), file, rows, cols["customer_id"], hide_values=spec.pseudonymised)
+    if spec.pseudonym_key is not None:
+        customer = pseudonymise(customer, spec.pseudonym_key)
+    ts = parse.timestamps(col("timestamp"), spec.time_rules, file, rows, cols["timestamp"], report)
+    quantity, amount = _quantity_and_amount(col, cols, n, file, rows, report)
+    order = parse.strings(col("order_id"), n, file, rows, cols.get("order_id"))
+    item = parse.strings(col("item_id"), n, file, rows, cols.get("item_id"))
+    category = parse.strings(col("category_id"), n, file, rows, cols.get("category_id"))
+    event = _event_types(col("event_type"), cols.get("event_type"), spec, n, file, rows, report)
+    event = _mark_returns(event, order, quantity, amount, spec, report, has_quantity=bool(cols.get("quantity")))
 
     frame = pd.DataFrame(
         {
@@ -477,6 +459,70 @@ def canonicalise(table: pa.Table, src: SourceSpec, spec: LogSpec, report: LoadRe
         }
     )
     return _drop_rows(frame, src, spec, report, file)
+
+
+def _quantity_and_amount(col: Any, cols: Mapping[str, str | None], n: int, file: str, rows: np.ndarray, report: LoadReport) -> tuple[pd.Series, pd.Series]:
+    quantity = pd.Series(np.nan, index=range(n))
+    if cols.get("quantity"):
+        quantity = parse.numbers(col("quantity"), file, rows, cols["quantity"], "quantity")
+    if cols.get("amount"):
+        amount = parse.numbers(col("amount"), file, rows, cols["amount"], "amount")
+    elif cols.get("quantity") and cols.get("unit_price"):
+        price = parse.numbers(col("unit_price"), file, rows, cols["unit_price"], "unit price")
+        amount = quantity * price
+        overflow = np.isinf(amount.to_numpy())
+        if overflow.any():
+            row, value = parse.first_bad(overflow, price, rows)
+            raise InputError(
+                "quantity x unit price is too large for a 64-bit float", file=file, row=row, column=cols["unit_price"], value=value
+            )
+    else:
+        amount = pd.Series(0.0, index=range(n))
+    missing_amount = amount.isna().to_numpy()
+    if missing_amount.any():
+        report.change("amount_missing_set_to_zero", int(missing_amount.sum()))
+        amount = amount.fillna(0.0)
+    return quantity, amount
+
+
+def _event_types(raw: pa.ChunkedArray | None, column: str | None, spec: LogSpec, n: int, file: str, rows: np.ndarray, report: LoadReport) -> pd.Series:
+    if raw is None:
+        return pd.Series(spec.default_event_type, index=range(n), dtype="str")
+    shown = parse.as_text(parse.decode_dictionary(raw), file, rows, column)
+    raw_types = shown.str.strip()
+    mapping = {**{t: t for t in EVENT_TYPES}, **spec.event_type_map}
+    event = raw_types.map(mapping)
+    unknown = event.isna().to_numpy()
+    if not unknown.any():
+        return event
+    if spec.unknown_event_type == "error":
+        row, value = parse.first_bad(unknown, shown, rows)
+        message = "event type is missing" if pd.isna(value) or not str(value).strip() else "unknown event type"
+        raise InputError(
+            f"{message}; mapped types are {sorted(mapping)}", file=file, row=row, column=column, value=value,
+            hint="Add it under `event_types.map` in the data config, or set `event_types.unknown: other`",
+        )
+    report.change("unknown_event_type_mapped_to_other", int(unknown.sum()))
+    return event.fillna("other")
+
+
+def _mark_returns(
+    event: pd.Series, order: pd.Series, quantity: pd.Series, amount: pd.Series, spec: LogSpec, report: LoadReport, *, has_quantity: bool
+) -> pd.Series:
+    """Apply the return rules, so a purchase never carries a negative amount; count what changed."""
+    is_return = np.array(event == "return", dtype=bool)
+    was_return = is_return.copy()
+    if spec.return_order_prefixes:
+        is_return |= order.str.startswith(spec.return_order_prefixes).fillna(False).to_numpy(dtype=bool)
+    if spec.negative_quantity_is_return and has_quantity:
+        is_return |= (quantity < 0).to_numpy()
+    is_return |= (amount < 0).to_numpy() & (event == "purchase").to_numpy()
+    report.change("marked_return", int((is_return & ~was_return).sum()))
+    # Amounts and quantities are stored as absolute values; a negative sign on any other
+    # row is counted, because only returns carry it by convention.
+    report.change("negative_amount_made_positive", int(((amount < 0).to_numpy() & ~is_return).sum()))
+    report.change("negative_quantity_made_positive", int(((quantity < 0).to_numpy() & ~is_return).sum()))
+    return event.mask(is_return, "return")
 
 
 def _drop_rows(frame: pd.DataFrame, src: SourceSpec, spec: LogSpec, report: LoadReport, file: str) -> pd.DataFrame:
@@ -507,7 +553,10 @@ def _drop_rows(frame: pd.DataFrame, src: SourceSpec, spec: LogSpec, report: Load
     no_ts = frame["ts"].isna().to_numpy()
     if no_ts.any() and spec.strict:
         i = int(np.flatnonzero(no_ts)[0])
-        raise InputError("timestamp is missing", file=file, row=int(frame[_ROW].iloc[i]) + 1, column=src.columns["timestamp"])
+        raise InputError(
+            "timestamp is missing", file=file, row=int(frame[_ROW].iloc[i]) + 1, column=src.columns["timestamp"],
+            hint="Fill the timestamps, or set `strict: false` to drop these rows with a logged count",
+        )
     drop(no_ts, "missing_timestamp")
 
     if spec.drop_order_prefixes:
@@ -571,19 +620,42 @@ def load_events(data_cfg: Mapping[str, Any] | LogSpec, *, report: LoadReport | N
     report = report or LoadReport()
     parts = []
     for src in spec.sources:
+        source_rows = 0
         for table, file, first_row in iter_source_tables(src):
             report.rows_read += table.num_rows
+            source_rows += table.num_rows
             if file not in report.files:
                 report.files.append(file)
-            if table.num_rows == 0:
-                raise InputError("the file has no rows", file=file, hint="Point the source at a non-empty log")
             parts.append(canonicalise(table, src, spec, report, file=file, first_row=first_row))
+        if source_rows == 0:
+            raise InputError("the source has no rows", file=src.path, hint="Point the source at a non-empty log")
     events = finalise(parts, report)
     report.rows_kept = len(events)
     dropped = {k: v for k, v in report.dropped.items() if v}
+    changed = {k: v for k, v in report.changed.items() if v}
     log.info(
-        "loaded %d events of %d customers from %d rows (%s)",
+        "loaded %d events of %d customers from %d rows (dropped: %s; changed: %s)%s",
         len(events), events["customer_id"].nunique(), report.rows_read,
-        ", ".join(f"{k}: {v}" for k, v in dropped.items()) or "nothing dropped",
+        ", ".join(f"{k} {v}" for k, v in dropped.items()) or "none",
+        ", ".join(f"{k} {v}" for k, v in changed.items()) or "none",
+        "; customer ids pseudonymised" if spec.pseudonymised else "",
     )
     return events, report
+
+
+def read_customer_ids(spec: LogSpec) -> pd.Series:
+    """Return the distinct raw customer ids of every source, never pseudonymised.
+
+    Reads only the customer id column and parses it as :func:`canonicalise` does, so the
+    result contains every id that a token made from this log can stand for.
+    """
+    parts = []
+    for src in spec.sources:
+        id_only = dataclasses.replace(src, columns={"customer_id": src.columns["customer_id"]})
+        for table, file, first_row in iter_source_tables(id_only):
+            rows = np.arange(first_row, first_row + table.num_rows, dtype=np.int64)
+            ids = parse.customer_ids(table.column(src.columns["customer_id"]), file, rows, src.columns["customer_id"], hide_values=True)
+            parts.append(ids.dropna().drop_duplicates())
+    if not parts:
+        return pd.Series([], dtype="str", name="customer_id")
+    return pd.concat(parts, ignore_index=True).drop_duplicates().reset_index(drop=True).rename("customer_id")

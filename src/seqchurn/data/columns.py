@@ -195,7 +195,7 @@ def customer_ids(col: pa.ChunkedArray, file: str, rows: np.ndarray, column: str,
 def strings(col: pa.ChunkedArray | None, n: int, file: str, rows: np.ndarray, column: str | None) -> pd.Series:
     """Read an id-like column (item, category, order) as stripped strings; blanks become missing."""
     if col is None:
-        return pd.Series([None] * n, dtype="str")
+        return pd.Series(pa.nulls(n, pa.string()).to_pandas(), dtype="str")
     col = decode_dictionary(col)
     if pa.types.is_floating(col.type):
         values = col.to_numpy()

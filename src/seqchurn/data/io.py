@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.dataset as pads
 
@@ -486,24 +487,27 @@ def _quantity_and_amount(col: Any, cols: Mapping[str, str | None], n: int, file:
 
 
 def _event_types(raw: pa.ChunkedArray | None, column: str | None, spec: LogSpec, n: int, file: str, rows: np.ndarray, report: LoadReport) -> pd.Series:
+    """Map raw event types to a categorical of ``EVENT_TYPES``; each distinct raw value is mapped once."""
     if raw is None:
-        return pd.Series(spec.default_event_type, index=range(n), dtype="str")
+        return pd.Series(pd.Categorical.from_codes(np.full(n, EVENT_TYPES.index(spec.default_event_type)), dtype=EVENT_TYPE_DTYPE))
     shown = parse.as_text(parse.decode_dictionary(raw), file, rows, column)
-    raw_types = shown.str.strip()
     mapping = {**{t: t for t in EVENT_TYPES}, **spec.event_type_map}
-    event = raw_types.map(mapping)
-    unknown = event.isna().to_numpy()
-    if not unknown.any():
-        return event
-    if spec.unknown_event_type == "error":
-        row, value = parse.first_bad(unknown, shown, rows)
-        message = "event type is missing" if pd.isna(value) or not str(value).strip() else "unknown event type"
-        raise InputError(
-            f"{message}; mapped types are {sorted(mapping)}", file=file, row=row, column=column, value=value,
-            hint="Add it under `event_types.map` in the data config, or set `event_types.unknown: other`",
-        )
-    report.change("unknown_event_type_mapped_to_other", int(unknown.sum()))
-    return event.fillna("other")
+    distinct_codes, distinct = pd.factorize(shown)  # a missing value gets code -1
+    # One more slot at the end, for code -1, maps missing values to no type.
+    type_of_distinct = np.append(pd.Index(EVENT_TYPES).get_indexer(pd.Index(distinct).str.strip().map(mapping)), -1)
+    codes = type_of_distinct[distinct_codes]
+    unknown = codes < 0
+    if unknown.any():
+        if spec.unknown_event_type == "error":
+            row, value = parse.first_bad(unknown, shown, rows)
+            message = "event type is missing" if pd.isna(value) or not str(value).strip() else "unknown event type"
+            raise InputError(
+                f"{message}; mapped types are {sorted(mapping)}", file=file, row=row, column=column, value=value,
+                hint="Add it under `event_types.map` in the data config, or set `event_types.unknown: other`",
+            )
+        report.change("unknown_event_type_mapped_to_other", int(unknown.sum()))
+        codes[unknown] = EVENT_TYPES.index("other")
+    return pd.Series(pd.Categorical.from_codes(codes, dtype=EVENT_TYPE_DTYPE))
 
 
 def _mark_returns(
@@ -563,6 +567,8 @@ def _drop_rows(frame: pd.DataFrame, src: SourceSpec, spec: LogSpec, report: Load
         drop(frame["order_id"].str.startswith(spec.drop_order_prefixes).fillna(False).to_numpy(dtype=bool), "order_prefix_excluded")
     if spec.exclude_items:
         drop(frame["item_id"].isin(spec.exclude_items).to_numpy(), "item_excluded")
+    if keep.all():
+        return frame
     return frame.loc[keep].reset_index(drop=True)
 
 
@@ -577,13 +583,55 @@ def finalise(parts: list[pd.DataFrame], report: LoadReport) -> pd.DataFrame:
     if not parts:
         return empty_events()
     events = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
-    before = len(events)
-    events = events.drop_duplicates(subset=list(COLUMNS[:-1]), keep="first")
-    report.drop("exact_duplicate", before - len(events))
+    # Sorting before dropping duplicates keeps the same rows: identical rows share customer
+    # and time, so the stable sort keeps them in their original order.
+    events = _sort_by_customer_time(events)
+    duplicate = _exact_duplicates(events)
+    report.drop("exact_duplicate", int(duplicate.sum()))
+    if duplicate.any():
+        events = events.loc[~duplicate].reset_index(drop=True)
     events = events.drop(columns=[_ROW])
-    events = events.sort_values(["customer_id", "ts"], kind="stable", ignore_index=True)
     events["cancelled_at"] = cancelled_order_times(events)
     return events
+
+
+def _neighbours(events: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """For each row after the first: is its customer id before / equal to the previous row's?"""
+    ids = pa.chunked_array(pa.array(events["customer_id"].array)).combine_chunks()
+    this, previous = ids.slice(1), ids.slice(0, len(ids) - 1)
+    earlier = pc.less(this, previous).fill_null(True).to_numpy(zero_copy_only=False)
+    same = pc.equal(this, previous).fill_null(False).to_numpy(zero_copy_only=False)
+    return earlier, same
+
+
+def _sort_by_customer_time(events: pd.DataFrame) -> pd.DataFrame:
+    """Stable sort by ``(customer_id, ts)`` with a fresh index; skipped when the rows are already sorted."""
+    if len(events) > 1:
+        earlier, same = _neighbours(events)
+        ts = events["ts"].to_numpy(dtype="datetime64[ns]")
+        if earlier.any() or (same & (ts[1:] < ts[:-1])).any():
+            return events.sort_values(["customer_id", "ts"], kind="stable", ignore_index=True)
+    return events.reset_index(drop=True)
+
+
+def _exact_duplicates(events: pd.DataFrame) -> np.ndarray:
+    """Mark rows equal to an earlier row in every canonical column; ``events`` sorted by customer and time.
+
+    Only rows that share customer and time with a neighbour can be duplicates, so the
+    full comparison runs on those rows alone.
+    """
+    duplicate = np.zeros(len(events), dtype=bool)
+    if len(events) < 2:
+        return duplicate
+    _, same = _neighbours(events)
+    ts = events["ts"].to_numpy(dtype="datetime64[ns]")
+    same_as_previous = same & (ts[1:] == ts[:-1])
+    candidate = np.zeros(len(events), dtype=bool)
+    candidate[1:] |= same_as_previous
+    candidate[:-1] |= same_as_previous
+    if candidate.any():
+        duplicate[candidate] = events.loc[candidate, list(COLUMNS[:-1])].duplicated(keep="first").to_numpy()
+    return duplicate
 
 
 def cancelled_order_times(events: pd.DataFrame) -> pd.Series:

@@ -14,7 +14,7 @@ Settings come from an alerts config (``--config``: a name under ``conf/alerts/``
 file, ``default`` by default). ``--store`` replaces its store URL. The default store is the
 SQLite file ``outputs/alerts/alerts.db`` under the repository root.
 
-Exit codes: 0 success, 2 invalid input (the message says what to fix), 1 internal failure
+Exit codes: 0 success, 2 invalid input (the message names what to fix), 1 internal failure
 or, for ``run`` and ``retry``, deliveries that are still pending or failed after the pass.
 """
 
@@ -115,14 +115,14 @@ def read_customer_events(log_spec: LogSpec, customer_ids: Sequence[str]) -> pd.D
     """Read the canonical events of some customers from a log, one source piece at a time.
 
     Uses the batch scorer's loader steps, so the events are the ones it scored. Memory
-    holds one piece plus the rows of the requested customers.
+    contains one piece at a time plus the rows of the requested customers.
     """
-    wanted = pd.Index(pd.unique(pd.Series(customer_ids, dtype="str").to_numpy()))
+    requested = pd.Index(pd.unique(pd.Series(customer_ids, dtype="str").to_numpy()))
     report, parts = LoadReport(), []
     for source in log_spec.sources:
         for table, file, first_row in iter_source_tables(source):
             frame = canonicalise(table, source, log_spec, report, file=file, first_row=first_row)
-            parts.append(frame.loc[frame["customer_id"].isin(wanted).to_numpy()])
+            parts.append(frame.loc[frame["customer_id"].isin(requested).to_numpy()])
     events = finalise(parts, report)
     log.info("read %d events of %d customers for reason codes", len(events), events["customer_id"].nunique())
     return events

@@ -29,7 +29,7 @@ frequency      activity events in the last 90 days         setting the 90-day ac
 low_spend      spend in the last 365 days                  scaling the 365-day and 90-day spend and the
                < ``low_spend_share`` x the training mean   amounts of the last 365 days' purchases so
                (means of spend are taken on the log        that the 365-day spend is the training mean
-               scale, as the model sees them)
+               scale of the model inputs)
 one_timer      exactly one activity event                  setting tenure, event count, mean gap and gap
                                                            ratio to the training mean
 =============  ==========================================  ==============================================
@@ -468,7 +468,8 @@ def explain(
     customers = pd.Index(pd.unique(pd.Series(customer_ids, dtype="str").to_numpy()), dtype="str", name="customer_id")
     spec = model.spec
 
-    events = events.loc[events["customer_id"].isin(customers).to_numpy() & (events["ts"] < as_of).to_numpy()]
+    # Orders are merged before the as_of cut, as the batch scorer does, so the inputs match its scores.
+    events = events.loc[events["customer_id"].isin(customers).to_numpy()]
     if spec.collapse_orders:
         events = collapse_orders(events)
     snapshots = pd.DataFrame({"customer_id": customers.to_numpy(), "cutoff": as_of})

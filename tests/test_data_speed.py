@@ -106,3 +106,85 @@ def test_missing_event_type_is_named_missing():
     table, src = event_table(["Buy", None])
     with pytest.raises(InputError, match="row 2, column 'e': event type is missing"):
         canonicalise(table, src, spec_with("error"), LoadReport(), file="events.parquet")
+
+
+# --------------------------------------------------------------------------------------
+# Sequences
+# --------------------------------------------------------------------------------------
+
+
+def reference_collapse_orders(events: pd.DataFrame) -> pd.DataFrame:
+    """The straightforward version: group on the string keys, concatenate, sort."""
+    has_order = events["order_id"].notna().to_numpy()
+    orders = events.loc[has_order]
+    grouped = orders.groupby(["customer_id", "order_id", "event_type"], sort=False, observed=True)
+    merged = grouped.agg(
+        ts=("ts", "min"),
+        amount=("amount", "sum"),
+        quantity=("quantity", "sum"),
+        item_id=("item_id", "first"),
+        category_id=("category_id", "first"),
+        cancelled_at=("cancelled_at", "max"),
+        n_lines=("ts", "size"),
+    ).reset_index()
+    rest = events.loc[~has_order].assign(n_lines=1)
+    out = pd.concat([merged, rest], ignore_index=True)
+    out["n_lines"] = out["n_lines"].astype("float64")
+    out["event_type"] = out["event_type"].astype(events["event_type"].dtype)
+    return out.sort_values(["customer_id", "ts"], kind="stable", ignore_index=True)[[*events.columns, "n_lines"]]
+
+
+def random_events(seed: int) -> pd.DataFrame:
+    """A finalised log: order lines with missing items and categories, rows without orders, time ties."""
+    parts = random_parts(seed)
+    events = finalise(parts, LoadReport())
+    rng = np.random.default_rng(seed)
+    events["category_id"] = pd.Series(rng.choice(["k1", "k2", None], len(events)), dtype="str")
+    events["cancelled_at"] = events["ts"].where(rng.random(len(events)) < 0.1) + pd.Timedelta(days=3)
+    return events
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_collapse_orders_matches_reference(seed):
+    from seqchurn.data.sequences import collapse_orders
+
+    events = random_events(seed)
+    pd.testing.assert_frame_equal(collapse_orders(events), reference_collapse_orders(events))
+
+
+def test_collapse_orders_without_orders():
+    from seqchurn.data.sequences import collapse_orders
+
+    events = random_events(0).assign(order_id=lambda d: pd.Series([None] * len(d), dtype="str"))
+    collapsed = collapse_orders(events)
+    pd.testing.assert_frame_equal(collapsed.drop(columns=["n_lines"]), events)
+    assert (collapsed["n_lines"] == 1.0).all()
+
+
+def reference_history(events: pd.DataFrame, snapshots: pd.DataFrame) -> pd.DataFrame:
+    """The straightforward version: inner join on the id, keep events before the cutoff, sort."""
+    snaps = pd.DataFrame({"customer_id": snapshots["customer_id"].to_numpy(), "cutoff": snapshots["cutoff"].to_numpy(), "row": np.arange(len(snapshots))})
+    snaps["cutoff"] = pd.to_datetime(snaps["cutoff"], utc=True)
+    hist = events.merge(snaps, on="customer_id", how="inner", sort=False)
+    hist = hist[hist["ts"] < hist["cutoff"]]
+    return hist.sort_values(["row", "ts"], kind="stable", ignore_index=True)
+
+
+@pytest.mark.parametrize(
+    "customers",
+    [
+        ["c03", "c01", "zz-unknown", "c07", "ä"],  # not sorted, one without events
+        ["c01", "c02", "c01"],  # a repeated customer takes the join path
+        ["c%02d" % i for i in range(25)],
+    ],
+)
+def test_history_matches_reference(customers):
+    from seqchurn.data.sequences import _history
+
+    events = random_events(4)
+    snapshots = pd.DataFrame({"customer_id": pd.Series(customers, dtype="str"), "cutoff": pd.Timestamp("2021-01-25", tz="UTC")})
+    got = _history(events, snapshots)
+    expected = reference_history(events, snapshots)
+    pd.testing.assert_frame_equal(got, expected[got.columns.tolist()])
+    assert sorted(got.columns) == sorted(expected.columns)
+    assert len(got) > 0

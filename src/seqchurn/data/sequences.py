@@ -111,21 +111,55 @@ def collapse_orders(events: pd.DataFrame) -> pd.DataFrame:
     if not has_order.any():
         return events.assign(n_lines=np.ones(len(events), dtype=np.float64))
     orders = events.loc[has_order]
-    grouped = orders.groupby(["customer_id", "order_id", "event_type"], sort=False, observed=True)
-    merged = grouped.agg(
+    # Grouping on one integer per (customer, order, event type) is much faster than on the
+    # strings. Groups are numbered in the order of their first row, as groupby(sort=False) does.
+    group = _group_codes(orders["customer_id"], orders["order_id"], orders["event_type"])
+    merged = orders[["ts", "amount", "quantity", "cancelled_at"]].groupby(group, sort=False).agg(
         ts=("ts", "min"),
         amount=("amount", "sum"),
         quantity=("quantity", "sum"),
-        item_id=("item_id", "first"),
-        category_id=("category_id", "first"),
         cancelled_at=("cancelled_at", "max"),
         n_lines=("ts", "size"),
-    ).reset_index()
+    )
+    merged = merged.reset_index(drop=True)
+    first_row = _first_positions(group, np.ones(len(group), dtype=bool))
+    for i, key in enumerate(("customer_id", "order_id", "event_type")):
+        merged.insert(i, key, orders[key].array.take(first_row))
+    # Like groupby "first": the first non-missing item and category of the order.
+    for i, key in ((6, "item_id"), (7, "category_id")):
+        merged.insert(i, key, orders[key].array.take(_first_positions(group, orders[key].notna().to_numpy()), allow_fill=True))
     rest = events.loc[~has_order].assign(n_lines=1)
     out = pd.concat([merged, rest], ignore_index=True)
     out["n_lines"] = out["n_lines"].astype("float64")
     out["event_type"] = out["event_type"].astype(events["event_type"].dtype)
-    return out.sort_values(["customer_id", "ts"], kind="stable", ignore_index=True)[[*events.columns, "n_lines"]]
+    order = _customer_time_order(out["customer_id"], out["ts"])
+    return out[[*events.columns, "n_lines"]].take(order).reset_index(drop=True)
+
+
+def _group_codes(*keys: pd.Series) -> np.ndarray:
+    """Number each distinct combination of ``keys`` with one int64 code (a missing value counts as a value)."""
+    codes = np.zeros(len(keys[0]), dtype=np.int64)
+    for key in keys:
+        key_codes, uniques = pd.factorize(key, use_na_sentinel=False)
+        # Renumbering after each key keeps codes below the row count, so the product cannot overflow.
+        codes = pd.factorize(codes * len(uniques) + key_codes)[0]
+    return codes
+
+
+def _first_positions(group: np.ndarray, usable: np.ndarray) -> np.ndarray:
+    """Find, for group codes ``0..max``, the position of each group's first row where ``usable`` is True (-1 if none)."""
+    n_groups = int(group.max()) + 1 if len(group) else 0
+    first = np.full(n_groups, -1, dtype=np.int64)
+    positions = np.flatnonzero(usable)
+    codes, at = np.unique(group[positions], return_index=True)
+    first[codes] = positions[at]
+    return first
+
+
+def _customer_time_order(customer_id: pd.Series, ts: pd.Series) -> np.ndarray:
+    """Return the positions that sort rows stably by customer id, then time (the order ``sort_values`` gives)."""
+    customer_rank = pd.factorize(customer_id, sort=True)[0]
+    return np.lexsort((ts.to_numpy(dtype="datetime64[ns]").view(np.int64), customer_rank))
 
 
 def _history(events: pd.DataFrame, snapshots: pd.DataFrame) -> pd.DataFrame:
@@ -136,15 +170,23 @@ def _history(events: pd.DataFrame, snapshots: pd.DataFrame) -> pd.DataFrame:
     """
     snaps = pd.DataFrame({"customer_id": snapshots["customer_id"].to_numpy(), "cutoff": snapshots["cutoff"].to_numpy(), "row": np.arange(len(snapshots))})
     snaps["cutoff"] = pd.to_datetime(snaps["cutoff"], utc=True)
-    if snaps["cutoff"].nunique() == 1:
-        # One cutoff (scoring): a filter and an inner join on the id are enough.
+    if snaps["cutoff"].nunique() == 1 and snaps["customer_id"].is_unique:
+        # One cutoff (scoring): a filter and a lookup of each event's customer are enough.
         cutoff = snaps["cutoff"].iloc[0]
-        past = events[events["ts"] < cutoff]
-        hist = past.merge(snaps, on="customer_id", how="inner", sort=False)
+        past = events[(events["ts"] < cutoff).to_numpy()]
+        row = pd.Index(snaps["customer_id"]).get_indexer(past["customer_id"])
+        found = row >= 0
+        hist = past.loc[found].reset_index(drop=True)
+        hist["cutoff"] = snaps["cutoff"].array.take(row[found])
+        hist["row"] = row[found]
     else:
         hist = events.merge(snaps, on="customer_id", how="inner", sort=False)
         hist = hist[hist["ts"] < hist["cutoff"]]
-    return hist.sort_values(["row", "ts"], kind="stable", ignore_index=True)
+    row, ts = hist["row"].to_numpy(), hist["ts"].to_numpy(dtype="datetime64[ns]")
+    in_order = np.all((row[1:] > row[:-1]) | ((row[1:] == row[:-1]) & (ts[1:] >= ts[:-1])))
+    if in_order:
+        return hist.reset_index(drop=True)
+    return hist.take(np.lexsort((ts.view(np.int64), row))).reset_index(drop=True)
 
 
 def _days(delta: pd.Series) -> np.ndarray:
@@ -226,8 +268,11 @@ def build_arrays(events: pd.DataFrame, snapshots: pd.DataFrame, spec: FeatureSpe
     """
     n, T = len(snapshots), spec.max_len
     hist = _history(events, snapshots)
-    # Keep the last max_len events per row: count from the end within each row block.
-    from_end = hist.groupby("row", sort=False).cumcount(ascending=False).to_numpy()
+    # Keep the last max_len events per row: count from the end within each row block
+    # (_history returns the rows sorted by row, so each block is contiguous).
+    block_size = np.bincount(hist["row"].to_numpy(), minlength=n)
+    block_end = np.cumsum(block_size)
+    from_end = block_end[hist["row"].to_numpy()] - 1 - np.arange(len(hist))
     keep = from_end < T
     static = static_features(hist, n, spec.activity_types)
     if spec.aggregate_features:
@@ -239,7 +284,7 @@ def build_arrays(events: pd.DataFrame, snapshots: pd.DataFrame, spec: FeatureSpe
     lengths = np.bincount(row, minlength=n)
     pos = (lengths[row] - 1 - from_end).astype(np.int64)  # right padding: events at [0, length)
 
-    type_codes = pd.Index(spec.event_types).get_indexer(hist["event_type"].astype(str)).astype(np.int64)
+    type_codes = _lookup(pd.Index(spec.event_types), hist["event_type"])
     type_codes[type_codes < 0] = spec.event_types.index("other")
     event_type = np.zeros((n, T), dtype=np.int64)
     event_type[row, pos] = type_codes
@@ -247,7 +292,7 @@ def build_arrays(events: pd.DataFrame, snapshots: pd.DataFrame, spec: FeatureSpe
     item = np.zeros((n, T), dtype=np.int64)
     unknown = 0
     if spec.item_vocab:
-        codes = pd.Index(spec.item_vocab).get_indexer(hist["item_id"]).astype(np.int64)
+        codes = _lookup(pd.Index(spec.item_vocab), hist["item_id"])
         unknown = int((codes < 0).sum())
         item[row, pos] = np.where(codes < 0, UNKNOWN_ID, codes + 2)
 
@@ -283,6 +328,16 @@ def build_arrays(events: pd.DataFrame, snapshots: pd.DataFrame, spec: FeatureSpe
     if unknown:
         log.info("%d of %d events have items outside the training vocabulary (unknown id %d)", unknown, len(hist), UNKNOWN_ID)
     return SequenceArrays(event_type, item, numeric, mask, static.astype(np.float32), unknown_items=unknown)
+
+
+def _lookup(vocabulary: pd.Index, values: pd.Series) -> np.ndarray:
+    """Find each value's position in ``vocabulary`` (-1 when absent), looking up each distinct value once."""
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        codes, distinct = values.cat.codes.to_numpy(), values.cat.categories.astype(str)
+    else:
+        codes, distinct = pd.factorize(values)
+    # The slot after the last distinct value serves code -1 (a missing value).
+    return np.append(vocabulary.get_indexer(distinct), -1).astype(np.int64)[codes]
 
 
 def fit_spec(

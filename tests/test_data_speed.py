@@ -152,6 +152,14 @@ def test_collapse_orders_matches_reference(seed):
     pd.testing.assert_frame_equal(collapse_orders(events), reference_collapse_orders(events))
 
 
+def test_collapse_orders_unsorted_with_extra_column():
+    from seqchurn.data.sequences import collapse_orders
+
+    events = random_events(5).sample(frac=1.0, random_state=5).reset_index(drop=True)
+    events["channel"] = np.arange(len(events)) % 3
+    pd.testing.assert_frame_equal(collapse_orders(events), reference_collapse_orders(events))
+
+
 def test_collapse_orders_without_orders():
     from seqchurn.data.sequences import collapse_orders
 

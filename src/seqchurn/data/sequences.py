@@ -173,7 +173,8 @@ def _history(events: pd.DataFrame, snapshots: pd.DataFrame) -> pd.DataFrame:
     if snaps["cutoff"].nunique() == 1 and snaps["customer_id"].is_unique:
         # One cutoff (scoring): a filter and a lookup of each event's customer are enough.
         cutoff = snaps["cutoff"].iloc[0]
-        past = events[(events["ts"] < cutoff).to_numpy()]
+        before = (events["ts"] < cutoff).to_numpy()
+        past = events if before.all() else events.loc[before]
         row = pd.Index(snaps["customer_id"]).get_indexer(past["customer_id"])
         found = row >= 0
         hist = past.loc[found].reset_index(drop=True)
@@ -267,7 +268,9 @@ def build_arrays(events: pd.DataFrame, snapshots: pd.DataFrame, spec: FeatureSpe
     before normalisation (used to fit the normalisation constants).
     """
     n, T = len(snapshots), spec.max_len
-    hist = _history(events, snapshots)
+    # Only these columns are read below; leaving out the other string columns saves copying them.
+    used = [c for c in ("customer_id", "ts", "event_type", "amount", "quantity", "item_id", "cancelled_at", "n_lines") if c in events.columns]
+    hist = _history(events[used], snapshots)
     # Keep the last max_len events per row: count from the end within each row block
     # (_history returns the rows sorted by row, so each block is contiguous).
     block_size = np.bincount(hist["row"].to_numpy(), minlength=n)

@@ -313,3 +313,22 @@ def test_score_module_does_not_import_torch():
     code = "import sys, seqchurn.score; print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert result.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("sort", [True, False])
+def test_may_be_active_keeps_every_active_customer(synthetic, sort):
+    from seqchurn.data.sequences import collapse_orders
+
+    log_dir, _ = synthetic
+    events, _ = load_events(synthetic_data_config(log_dir))
+    if not sort:
+        events = events.sample(frac=1.0, random_state=0).reset_index(drop=True)
+    as_of = pd.Timestamp(AS_OF, tz="UTC")
+    keep = score.may_be_active(events, as_of, CHURN)
+    kept = set(events.loc[keep, "customer_id"])
+    active = set(make_snapshot(collapse_orders(events), as_of, CHURN, with_labels=False)["customer_id"])
+    assert active <= kept
+    assert set(make_snapshot(events, as_of, CHURN, with_labels=False)["customer_id"]) <= kept
+    assert not keep.all()
+    # Whole customers are kept or dropped.
+    assert not (set(events.loc[~keep, "customer_id"]) & kept)

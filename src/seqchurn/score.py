@@ -44,6 +44,7 @@ import numpy as np
 import onnxruntime as ort
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 from omegaconf import DictConfig, OmegaConf
 
 from seqchurn.conf_utils import CONFIG_DIR, register_resolvers
@@ -134,13 +135,18 @@ def check_log_matches(model: LoadedModel, log_spec: LogSpec) -> None:
 
 def predict(model: LoadedModel, inputs: dict[str, np.ndarray], batch_size: int) -> np.ndarray:
     """P(churn) for every row; rows are batched by length and padding beyond it is cut."""
+    return run_session(model.session, inputs, batch_size)
+
+
+def run_session(session: ort.InferenceSession, inputs: dict[str, np.ndarray], batch_size: int) -> np.ndarray:
+    """Run an exported model's session over every row, in length-sorted batches of ``batch_size``."""
     if batch_size < 1:
         raise ValueError(f"Expected `batch_size` to be a positive integer, but got {batch_size}")
     out = np.empty(len(inputs["mask"]), dtype=np.float32)
     for idx, length in length_batches(inputs["mask"], batch_size):
         feed = {k: np.ascontiguousarray(inputs[k][idx][:, :length]) for k in ("event_type", "item", "numeric", "mask")}
         feed["static"] = np.ascontiguousarray(inputs["static"][idx])
-        out[idx] = model.session.run([OUTPUT_NAME], feed)[0]
+        out[idx] = session.run([OUTPUT_NAME], feed)[0]
     return out
 
 
@@ -291,7 +297,7 @@ def _empty_scores() -> pd.DataFrame:
 
 
 def may_be_active(events: pd.DataFrame, as_of: pd.Timestamp, churn: ChurnDefinition) -> np.ndarray:
-    """Rows of customers with an activity-type event in the lookback window before ``as_of``.
+    """Mark rows of customers with an activity-type event in the lookback window before ``as_of``.
 
     Every customer that ``make_snapshot`` finds active at ``as_of``, with or without
     merged order lines, is among them: a merged order starts at its earliest line, which
@@ -299,7 +305,18 @@ def may_be_active(events: pd.DataFrame, as_of: pd.Timestamp, churn: ChurnDefinit
     """
     ts = events["ts"]
     recent = ((ts >= as_of - churn.lookback) & (ts < as_of)).to_numpy() & events["event_type"].isin(churn.activity_types).to_numpy()
-    return events["customer_id"].isin(events.loc[recent, "customer_id"].unique()).to_numpy()
+    if len(events) == 0:
+        return recent
+    # Finalised events are sorted by customer, so each customer is one run of rows and no
+    # string needs hashing; the check on the run starts catches any other order.
+    ids = pa.chunked_array(pa.array(events["customer_id"].array)).combine_chunks()
+    new_run = np.ones(len(ids), dtype=bool)
+    new_run[1:] = pc.not_equal(ids.slice(1), ids.slice(0, len(ids) - 1)).fill_null(True).to_numpy(zero_copy_only=False)
+    starts = np.flatnonzero(new_run)
+    if not pd.Index(ids.take(starts).to_pandas()).is_unique:
+        return events["customer_id"].isin(events.loc[recent, "customer_id"].unique()).to_numpy()
+    run_is_recent = np.logical_or.reduceat(recent, starts)
+    return run_is_recent[np.cumsum(new_run) - 1]
 
 
 @dataclass
@@ -312,7 +329,9 @@ class Features:
 
 def featurise(events: pd.DataFrame, model: LoadedModel, as_of: pd.Timestamp) -> Features:
     """Build model inputs for every customer in canonical ``events`` who is active at ``as_of``."""
-    events = events.loc[may_be_active(events, as_of, model.churn)]
+    keep = may_be_active(events, as_of, model.churn)
+    if not keep.all():
+        events = events.loc[keep]
     if model.spec.collapse_orders:
         events = collapse_orders(events)
     snap = make_snapshot(events, as_of, model.churn, with_labels=False)
@@ -346,7 +365,7 @@ def score_events(events: pd.DataFrame, model: LoadedModel, as_of: pd.Timestamp, 
     return _with_probability(features, predict(model, features.inputs, batch_size))
 
 
-def _prepare(piece: Piece, log_spec: LogSpec, report: LoadReport, shard: tuple[int, int] | None) -> pd.DataFrame:
+def prepare_piece(piece: Piece, log_spec: LogSpec, report: LoadReport, shard: tuple[int, int] | None) -> pd.DataFrame:
     """Canonicalise, shard and finalise one piece's raw tables."""
     frames = []
     for table, src, file, first_row in piece.tables:
@@ -403,7 +422,7 @@ def score_log(
             next_piece = reader.submit(next, pieces, None)
 
             t0 = time.perf_counter()
-            events = _prepare(piece, log_spec, report, shard)
+            events = prepare_piece(piece, log_spec, report, shard)
             customers = events["customer_id"].unique()
             if stream_on:
                 guard.add(np.asarray(customers, dtype=object), piece.name)

@@ -227,3 +227,151 @@ def drift_report(
         if value > threshold:
             log.warning("Feature %r drifted: PSI %.3f is above the threshold %.3f", name, value, threshold)
     return pd.DataFrame(rows, columns=["feature", "kind", "psi", "missing_fraction", "drifted"])
+
+
+# --------------------------------------------------------------------------------------
+# Model inputs and scores: a reference stored at export, drift measured while scoring
+# --------------------------------------------------------------------------------------
+
+INPUT_GROUPS = ("static", "event")
+
+
+def _inputs(arrays) -> tuple[np.ndarray, np.ndarray]:
+    """Return the static rows and the real events of a SequenceArrays or a model-input dict."""
+    get = arrays.get if isinstance(arrays, Mapping) else lambda name: getattr(arrays, name)
+    static = np.asarray(get("static"), dtype=np.float64)
+    events = np.asarray(get("numeric"), dtype=np.float64)[np.asarray(get("mask"), dtype=bool)]
+    return static, events
+
+
+def model_reference(arrays, spec, probabilities: np.ndarray | None = None, n_bins: int = 10) -> dict:
+    """Build the ``drift_reference`` of a model card from model inputs and, optionally, scores.
+
+    ``arrays`` is a :class:`~seqchurn.data.sequences.SequenceArrays` (or its ``as_inputs()``
+    dict) and ``spec`` its :class:`~seqchurn.data.sequences.FeatureSpec`. Static features
+    are binned per row and event features over real events only (``mask`` True), both in
+    the normalised units of the model input. Groups are lists in column order, so the reference stays aligned with
+    the arrays after a JSON round trip.
+    """
+    static, events = _inputs(arrays)
+    if static.shape[1] != len(spec.static_features) or events.shape[1] != len(spec.numeric_features):
+        raise ValueError(
+            f"Expected {len(spec.static_features)} static and {len(spec.numeric_features)} event feature columns, "
+            f"but got {static.shape[1]} and {events.shape[1]}"
+        )
+    if len(static) == 0 or len(events) == 0:
+        raise ValueError("Expected at least one row and one real event to build a drift reference, but got none")
+    reference: dict = {"n_bins": n_bins}
+    reference["static"] = [
+        {"feature": name, "histogram": reference_histogram(static[:, j], n_bins, categorical=False)} for j, name in enumerate(spec.static_features)
+    ]
+    reference["event"] = [
+        {"feature": name, "histogram": reference_histogram(events[:, j], n_bins, categorical=False)} for j, name in enumerate(spec.numeric_features)
+    ]
+    reference["score"] = None
+    if probabilities is not None:
+        reference["score"] = reference_histogram(np.asarray(probabilities, dtype=np.float64), n_bins, categorical=False)
+    return reference
+
+
+def _histogram_counts(histogram: Mapping, values: np.ndarray) -> np.ndarray:
+    if histogram["kind"] == "numeric":
+        return _numeric_counts(values, np.asarray(histogram["edges"], dtype="float64"))
+    return _categorical_counts(values, histogram["categories"])
+
+
+class ScoreDrift:
+    """Accumulate the model inputs and scores of a scoring run and compute their PSI.
+
+    Built from a card's ``drift_reference`` (see :func:`model_reference`). ``update`` may
+    be called once per streamed piece: it only adds bin counts, so memory does not grow
+    with the number of customers. ``compute`` returns the report and logs one warning per
+    feature whose PSI is above ``threshold``.
+    """
+
+    def __init__(self, reference: Mapping, *, threshold: float = DEFAULT_THRESHOLD, eps: float = DEFAULT_EPS) -> None:
+        missing = [group for group in INPUT_GROUPS if group not in reference]
+        if missing:
+            raise ValueError(f"Expected a drift reference with the groups {list(INPUT_GROUPS)}, but {missing} are missing")
+        if not threshold > 0:
+            raise ValueError(f"Expected `threshold` > 0, but got {threshold}")
+        self.reference = reference
+        self.threshold, self.eps = float(threshold), float(eps)
+        self.n_rows = 0
+        self.n_events = 0
+        self._counts = {
+            (group, entry["feature"]): np.zeros(len(entry["histogram"]["fractions"]), dtype=np.int64)
+            for group in INPUT_GROUPS
+            for entry in reference[group]
+        }
+        score = reference.get("score")
+        self._score_counts = np.zeros(len(score["fractions"]), dtype=np.int64) if score else None
+
+    @classmethod
+    def from_card(cls, card: Mapping, threshold: float = DEFAULT_THRESHOLD) -> ScoreDrift | None:
+        """Build from a model card, or return None (and log why) when the card has no reference."""
+        reference = card.get("drift_reference")
+        if not reference:
+            log.info("the model card has no drift_reference (exported before drift checks existed); drift is not measured")
+            return None
+        return cls(reference, threshold=threshold)
+
+    def update(self, arrays, probabilities: np.ndarray | None = None) -> None:
+        """Add the inputs of ``arrays`` (SequenceArrays or its ``as_inputs()`` dict) and their churn probabilities."""
+        static, events = _inputs(arrays)
+        for group, values in (("static", static), ("event", events)):
+            entries = self.reference[group]
+            if values.shape[1] != len(entries):
+                raise ValueError(f"Expected {len(entries)} {group} feature columns as in the drift reference, but got {values.shape[1]}")
+            for j, entry in enumerate(entries):
+                self._counts[(group, entry["feature"])] += _histogram_counts(entry["histogram"], values[:, j])
+        self.n_rows += len(static)
+        self.n_events += len(events)
+        if probabilities is not None and self._score_counts is not None:
+            self._score_counts += _histogram_counts(self.reference["score"], np.asarray(probabilities, dtype=np.float64))
+
+    def _row(self, group: str, feature: str, fractions: Sequence[float], counts: np.ndarray) -> dict:
+        total = int(counts.sum())
+        value = psi_from_fractions(np.asarray(fractions), counts / total, self.eps) if total else None
+        drifted = value is not None and value > self.threshold
+        if drifted:
+            log.warning("%s feature %r drifted: PSI %.3f is above the threshold %.3f", group, feature, value, self.threshold)
+        return {"group": group, "feature": feature, "psi": value, "drifted": drifted, "count": total}
+
+    def compute(self) -> dict:
+        """Return ``{"available", "threshold", "n_rows", "n_events", "features", "drifted", "warnings"}``.
+
+        ``features`` has one row per feature (``group`` static, event or score, ``feature``,
+        ``psi``, ``drifted``, ``count``). ``psi`` is None for a group that saw no values.
+        """
+        rows = [
+            self._row(group, entry["feature"], entry["histogram"]["fractions"], self._counts[(group, entry["feature"])])
+            for group in INPUT_GROUPS
+            for entry in self.reference[group]
+        ]
+        if self._score_counts is not None:
+            rows.append(self._row("score", "churn_probability", self.reference["score"]["fractions"], self._score_counts))
+        drifted = [f"{row['group']}/{row['feature']}" for row in rows if row["drifted"]]
+        warnings = [f"{row['group']}/{row['feature']}: PSI {row['psi']:.3f} > {self.threshold:g}" for row in rows if row["drifted"]]
+        return {
+            "available": True,
+            "threshold": self.threshold,
+            "n_rows": self.n_rows,
+            "n_events": self.n_events,
+            "features": rows,
+            "drifted": drifted,
+            "warnings": warnings,
+        }
+
+
+def score_drift(card: Mapping, arrays, probabilities: np.ndarray | None, threshold: float = DEFAULT_THRESHOLD) -> dict:
+    """Compute the PSI of scored inputs and scores against a model card's ``drift_reference``.
+
+    Returns the :meth:`ScoreDrift.compute` report, or ``{"available": False, ...}`` for a
+    card exported without a reference.
+    """
+    tracker = ScoreDrift.from_card(card, threshold)
+    if tracker is None:
+        return {"available": False, "reason": "the model card has no drift_reference; re-export the model to measure drift"}
+    tracker.update(arrays, probabilities)
+    return tracker.compute()

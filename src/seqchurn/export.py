@@ -2,8 +2,11 @@
 
 ``seqchurn export ckpt_dir=checkpoints/online_retail_gru`` writes ``model.onnx`` and
 ``model.json`` (feature spec, vocabularies, normalisation, churn definition, threshold,
-temperature, model version, data fingerprint, metrics, digest) into ``ckpt_dir``. The same
-JSON is embedded in the ONNX metadata under the key ``seqchurn``.
+temperature, model version, data fingerprint, metrics, drift reference, pseudonymisation
+key id, digest) into ``ckpt_dir``. The same JSON, without the drift reference, is
+embedded in the ONNX metadata under the key ``seqchurn``. The card's ``sha256``
+(:func:`seqchurn.model_files.model_digest`) covers the ONNX bytes and every other card
+field, so ``seqchurn score`` rejects a model whose file or card was edited after export.
 
 Export fails unless onnxruntime matches PyTorch within ``parity_tolerance`` on real
 validation sequences at two batch sizes and two padded lengths, with mixed padding sides.
@@ -11,11 +14,13 @@ validation sequences at two batch sizes and two padded lengths, with mixed paddi
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
-import hashlib
 import json
 import logging
+import math
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,21 +29,26 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from seqchurn.conf_utils import CONFIG_DIR, register_resolvers
+from seqchurn.data.io import LogSpec
 from seqchurn.data.schema import InputError
-from seqchurn.data.sequences import SequenceArrays
+from seqchurn.data.sequences import FeatureSpec, SequenceArrays
+from seqchurn.drift import model_reference
 from seqchurn.errors import exits_on_error
+from seqchurn.model_files import CARD_FILE, MODEL_FILE, OUTPUT_NAME, model_digest
 from seqchurn.models.churn_module import INPUT_NAMES
 from seqchurn.utils.atomic import atomic_path, atomic_write_json
+from seqchurn.utils.run_summary import track_run
 
 log = logging.getLogger(__name__)
 register_resolvers()
 
-MODEL_FILE, CARD_FILE = "model.onnx", "model.json"
-OUTPUT_NAME = "churn_probability"
+__all__ = ["CARD_FILE", "MODEL_FILE", "OUTPUT_NAME", "ScoringModel", "export", "model_digest", "verify_card"]
+SUMMARY_FILE = "export_run_summary.json"
+DRIFT_BINS = 10
 
 
 class ScoringModel(nn.Module):
@@ -120,19 +130,53 @@ def export_onnx(model: nn.Module, example: dict[str, np.ndarray], path: Path, op
 
     batch, seq = Dim("batch", min=1), Dim("seq", min=1)
     dynamic = {"event_type": {0: batch, 1: seq}, "item": {0: batch, 1: seq}, "numeric": {0: batch, 1: seq}, "mask": {0: batch, 1: seq}, "static": {0: batch}}
-    program = torch.onnx.export(
-        model, tuple(_to_torch(example)), input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME],
-        dynamic_shapes=dynamic, dynamo=True, opset_version=opset, external_data=False, verbose=False,
-    )
+    with _fresh_rnn_dispatch():
+        program = torch.onnx.export(
+            model, tuple(_to_torch(example)), input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME],
+            dynamic_shapes=dynamic, dynamo=True, opset_version=opset, external_data=False, verbose=False,
+        )
     program.save(str(path), external_data=False)
 
 
-def model_digest(onnx_bytes: bytes, card: dict) -> str:
-    """SHA-256 over the ONNX bytes and the canonical JSON of the card minus its digest."""
-    body = {k: v for k, v in card.items() if k != "sha256"}
-    h = hashlib.sha256(onnx_bytes)
-    h.update(json.dumps(body, sort_keys=True, default=str).encode())
-    return h.hexdigest()
+@contextlib.contextmanager
+def _fresh_rnn_dispatch() -> Iterator[None]:
+    """Clear the GRU and LSTM ops' dispatch caches before and after an export.
+
+    The exporter temporarily registers while_loop GRU and LSTM kernels that keep the
+    sequence length dynamic. The ops cache the kernel they resolved, so without this a
+    second export in one process reused the plain kernel and fixed the length to the
+    example's, and code after an export could reuse the export-only kernel (torch 2.13).
+    """
+    rnn_ops = (torch.ops.aten.gru.input, torch.ops.aten.lstm.input)
+    for op in rnn_ops:
+        op._dispatch_cache.clear()
+    try:
+        yield
+    finally:
+        for op in rnn_ops:
+            op._dispatch_cache.clear()
+
+
+def verify_card(model_dir: str | Path) -> dict[str, Any]:
+    """Read ``model.json`` and raise InputError unless its digest matches ``model.onnx`` and the card.
+
+    Returns the card. ``seqchurn score`` runs the same check when it loads a model.
+    """
+    model_dir = Path(model_dir)
+    onnx_path, card_path = model_dir / MODEL_FILE, model_dir / CARD_FILE
+    for path in (onnx_path, card_path):
+        if not path.is_file():
+            raise InputError("model file not found", file=str(path), hint="Run `seqchurn export` first, or fix the model folder")
+    try:
+        card = json.loads(card_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"the model card is not valid JSON: {exc}", file=str(card_path), hint="Re-export the model") from None
+    if model_digest(onnx_path.read_bytes(), card) != card.get("sha256"):
+        raise InputError(
+            "model digest mismatch: model.onnx or model.json changed after export", file=str(model_dir),
+            hint="Re-export the model; never edit model.json by hand",
+        )
+    return card
 
 
 def export(ckpt_dir: str | Path, *, ckpt: str | None = None, out_dir: str | Path | None = None, tolerance: float = 1e-4) -> Path:
@@ -152,6 +196,7 @@ def export(ckpt_dir: str | Path, *, ckpt: str | None = None, out_dir: str | Path
     model = ScoringModel(net, summary.get("temperature", 1.0)).eval()
     val = _validation_arrays(summary)
     card = _model_card(summary, model, val)
+    card["pseudonym_key_id"] = _pseudonym_key_id(summary)
 
     example = pad_to(val.take(np.arange(min(4, len(val)))), val.mask.shape[1])
     onnx_path = out_dir / MODEL_FILE
@@ -187,12 +232,35 @@ def _validation_arrays(summary: dict) -> SequenceArrays:
     return dm.arrays["val"]
 
 
+def _pseudonym_key_id(summary: dict) -> str | None:
+    """Return the id of the key that pseudonymised the training ids, or None for raw ids.
+
+    The training summary's record wins. Otherwise the key configured now is taken, which
+    matches training when export runs in the same environment.
+    """
+    if "pseudonym_key_id" in summary:
+        return summary["pseudonym_key_id"]
+    return LogSpec.from_config(summary["data_config"]).pseudonym_key_id
+
+
+def _without_nan(value: Any) -> Any:
+    """Replace NaN and infinity (e.g. AUROC of a one-class split) by None, so the card is strict JSON."""
+    if isinstance(value, dict):
+        return {k: _without_nan(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_without_nan(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
 def _model_card(summary: dict, model: nn.Module, val: SequenceArrays) -> dict[str, Any]:
     created = dt.datetime.now(dt.timezone.utc)
     version = f"{summary['run_name']}-{created:%Y%m%d%H%M%S}"
     with torch.no_grad():
         val_prob = model(*_to_torch(val.as_inputs())).numpy()
-    return {
+    spec = FeatureSpec.from_dict(summary["feature_spec"])
+    card = {
         "format_version": 1,
         "model_version": version,
         "model_name": summary["model_name"],
@@ -209,13 +277,36 @@ def _model_card(summary: dict, model: nn.Module, val: SequenceArrays) -> dict[st
         "val_metrics": summary["val_metrics"],
         "test_metrics": summary["test_metrics"],
         "val_score_quantiles": np.quantile(val_prob, np.linspace(0, 1, 11)).tolist(),
+        # Distributions of the inputs and scores on validation; `seqchurn score` compares
+        # each run against them (PSI, see seqchurn.drift.score_drift).
+        "drift_reference": model_reference(val, spec, val_prob, n_bins=DRIFT_BINS),
     }
+    return _without_nan(card)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="export")
 @exits_on_error
 def main(cfg: DictConfig) -> None:
-    export(hydra.utils.to_absolute_path(cfg.ckpt_dir), ckpt=cfg.get("ckpt"), out_dir=cfg.get("out_dir"), tolerance=cfg.parity_tolerance)
+    ckpt_dir = Path(hydra.utils.to_absolute_path(cfg.ckpt_dir))
+    out_dir = Path(hydra.utils.to_absolute_path(cfg.out_dir)) if cfg.get("out_dir") else ckpt_dir
+    # The summary goes beside the model; a run that fails before the folder exists
+    # leaves it in Hydra's run folder instead.
+    summary_dir = out_dir if out_dir.is_dir() else Path(cfg.paths.output_dir)
+    summary_dir.mkdir(parents=True, exist_ok=True)
+    with track_run("export", summary_dir / SUMMARY_FILE, config=OmegaConf.to_container(cfg, resolve=True)) as summary:
+        with summary.stage("export"):
+            onnx_path = export(ckpt_dir, ckpt=cfg.get("ckpt"), out_dir=out_dir, tolerance=cfg.parity_tolerance)
+        card = json.loads((onnx_path.parent / CARD_FILE).read_text(encoding="utf-8"))
+        summary.details.update(
+            {
+                "model": str(onnx_path),
+                "model_version": card["model_version"],
+                "sha256": card["sha256"],
+                "parity_max_abs_diff": card["parity_max_abs_diff"],
+                "pseudonymised": card.get("pseudonym_key_id") is not None,
+                "drift_reference": bool(card.get("drift_reference")),
+            }
+        )
 
 
 if __name__ == "__main__":

@@ -64,9 +64,13 @@ class TimeRules:
             if value is None:
                 continue
             try:
-                pd.Timestamp(value)
-            except (ValueError, TypeError):
-                raise InputError(f"Expected `timestamp.{name}` to be a date such as 2009-01-01, but got {value!r}") from None
+                pd.Timestamp(value, tz="UTC").as_unit("ns")
+            except (ValueError, TypeError, OverflowError):
+                # Nanosecond timestamps cover 1677-09-22 .. 2262-04-11.
+                raise InputError(
+                    f"Expected `timestamp.{name}` to be a date such as 2009-01-01 between {pd.Timestamp.min.date()} "
+                    f"and {pd.Timestamp.max.date()}, but got {value!r}"
+                ) from None
 
     def bounds(self) -> tuple[pd.Timestamp, pd.Timestamp]:
         """Return the plausible UTC range; the upper end defaults to one day after now."""

@@ -188,6 +188,29 @@ def pseudonym_key_id(key: bytes) -> str:
     return hmac.new(key, _KEY_ID_LABEL, sha256).hexdigest()[:16]
 
 
+def check_same_pseudonymisation(trained_key_id: str | None, spec: LogSpec) -> None:
+    """Raise InputError when scoring would pseudonymise ids differently from training.
+
+    ``trained_key_id`` is the model card's ``pseudonym_key_id``. A model trained on
+    pseudonymised ids must be scored with the same key, because otherwise the outputs
+    would carry raw ids or tokens that match no earlier run. Scoring with a key a model
+    trained on raw ids is allowed: the ids never enter the model.
+    """
+    current = spec.pseudonym_key_id
+    if trained_key_id is None or trained_key_id == current:
+        return
+    if current is None:
+        raise InputError(
+            "the model was trained on pseudonymised customer ids, but no pseudonymisation key is configured, "
+            "so the scores would carry raw ids",
+            hint=f"Set {KEY_ENV_VAR} or `privacy.key_file` in the data config to the key used in training",
+        )
+    raise InputError(
+        f"the configured pseudonymisation key (id {current}) is not the one used in training (id {trained_key_id})",
+        hint="Use the training key, so that tokens match the model's earlier runs and alerts",
+    )
+
+
 def _privacy_key_file(section: Any) -> str | None:
     if section is None:
         return None

@@ -77,7 +77,6 @@ def test_ddp_spawn_exports_and_scores(tmp_path: Path, retail_slice: Path) -> Non
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="seqchurn.train.train goes on after fit on every rank; it needs a rank-zero guard")
 def test_torchrun_writes_summary_once(tmp_path: Path, retail_slice: Path) -> None:
     # torchrun starts both ranks itself (as on a GPU node); --standalone rendezvous on localhost.
     args = [

@@ -232,7 +232,6 @@ def test_joblib_launcher_parallel_trials(tmp_path: Path, retail_slice: Path) -> 
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="seqchurn.train.main turns any error into SystemExit, which ends the whole multirun")
 def test_failed_trial_does_not_stop_sweep(tmp_path: Path, retail_slice: Path) -> None:
     # hidden_size 16 is not a multiple of 3 heads, so trial 0 fails while trial 1 can train.
     args = ["train", "hparams_search=grid", "model=transformer", "model.net.num_heads=3,4", *cli_overrides(tmp_path, retail_slice)]

@@ -56,7 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(STEPS[step])
     if step in ARGV_STEPS:
         return int(module.main(rest) or 0)
-    sys.argv = [f"seqchurn {step}", *rest]
+    # argv[0] is the module file so that launchers that re-run the command (Lightning's DDP
+    # starts the other ranks as `python argv[0] ...`) find a real script.
+    sys.argv = [module.__file__, *rest]
     module.main()
     return 0
 

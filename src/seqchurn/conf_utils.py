@@ -14,6 +14,9 @@ CONFIG_DIR = Path(os.environ.get("SEQCHURN_CONFIG_DIR", REPO_ROOT / "conf")).res
 
 
 def register_resolvers() -> None:
-    """Register ``${seqchurn_root:}`` (the repository root) once per process."""
+    """Register ``${seqchurn_root:}`` and ``${seqchurn_trial_suffix:...}`` once per process."""
     if not OmegaConf.has_resolver("seqchurn_root"):
         OmegaConf.register_new_resolver("seqchurn_root", lambda: str(REPO_ROOT))
+    if not OmegaConf.has_resolver("seqchurn_trial_suffix"):
+        # "" for a single run, "_trial<N>" inside a sweep (hydra.job.num is None outside one).
+        OmegaConf.register_new_resolver("seqchurn_trial_suffix", lambda num=None: "" if num is None else f"_trial{num}")

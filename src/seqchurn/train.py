@@ -127,6 +127,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if trainer.fast_dev_run:
         log.info("fast_dev_run: skipping calibration, test and summary")
         return {}
+    if not trainer.is_global_zero:
+        # Under DDP only rank 0 calibrates, tests and writes the summary.
+        return {}
 
     best_path = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if best_path:
@@ -213,9 +216,15 @@ def _log_result(summary: dict, ckpt_dir: Path) -> None:
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
-@exits_on_error
 def main(cfg: DictConfig) -> float | None:
-    summary = train(cfg)
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if HydraConfig.get().mode == RunMode.MULTIRUN:
+        # In a sweep a failed trial must reach Hydra as an exception, not end the process.
+        summary = train(cfg)
+    else:
+        summary = exits_on_error(train)(cfg)
     metric = cfg.get("optimized_metric")
     if summary and metric:
         # Sweepers (Optuna) maximise the value returned here.

@@ -105,7 +105,7 @@ class ChurnLitModule(pl.LightningModule):
         self.metrics[key].update(prob, y.long())
         self.brier[key].update((prob - y) ** 2)
         self.label_mean[key].update(y)
-        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=stage == "val", batch_size=len(y))
+        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=stage == "val", batch_size=len(y), sync_dist=True)
 
     def _eval_epoch_end(self, stage: str) -> None:
         key = f"{stage}_"

@@ -57,11 +57,6 @@ def logged_epochs(hydra_dir: Path) -> list[int]:
     return sorted(frame.loc[frame["val/auprc"].notna(), "epoch"].astype(int).unique())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="train.py resumes with trainer.fit(ckpt_path=...) and Lightning's default weights_only=True, "
-    "which cannot unpickle the optimizer and scheduler factories saved in the checkpoint's hyperparameters",
-)
 def test_killed_training_resumes(tmp_path, retail_slice):
     ckpt_dir = tmp_path / "checkpoints" / "online_retail_gru"
     last = ckpt_dir / "last.ckpt"

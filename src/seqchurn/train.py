@@ -22,11 +22,15 @@ from omegaconf import DictConfig, OmegaConf
 
 from seqchurn.conf_utils import CONFIG_DIR, register_resolvers
 from seqchurn.data.datamodule import ChurnDataModule
+from seqchurn.data.io import LogSpec
+from seqchurn.data.schema import LoadReport
 from seqchurn.data.sequences import length_batches
 from seqchurn.errors import exits_on_error
 from seqchurn.metrics import binary_report
 from seqchurn.models.calibration import choose_threshold, fit_temperature
 from seqchurn.utils.atomic import atomic_write_json
+from seqchurn.utils.checkpoint_io import AtomicCheckpointIO
+from seqchurn.utils.run_summary import track_run
 
 log = logging.getLogger(__name__)
 register_resolvers()
@@ -116,14 +120,19 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None and "_target_" in c]
     loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None and "_target_" in c]
-    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, precision=resolve_precision(cfg))
+    trainer: pl.Trainer = hydra.utils.instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, precision=resolve_precision(cfg), plugins=[AtomicCheckpointIO()]
+    )
 
     resume = None
     if cfg.get("resume"):
         last = ckpt_dir / "last.ckpt"
         resume = str(last) if last.exists() else None
         log.info("resuming from %s", resume) if resume else log.warning("resume=true but %s does not exist; starting fresh", last)
-    trainer.fit(model, datamodule=dm, ckpt_path=resume)
+    # weights_only=False: the checkpoint's hyperparameters contain the optimizer and scheduler
+    # factories (functools.partial), which the weights-only unpickler rejects. The file is
+    # this run's own last.ckpt.
+    trainer.fit(model, datamodule=dm, ckpt_path=resume, weights_only=False)
     if trainer.fast_dev_run:
         log.info("fast_dev_run: skipping calibration, test and summary")
         return {}
@@ -180,6 +189,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "data_name": cfg.data.name,
         "data_config": OmegaConf.to_container(cfg.data, resolve=True),
         "data_fingerprint": dm.data_fingerprint,
+        "pseudonym_key_id": LogSpec.from_config(cfg.data).pseudonym_key_id,
         "load_report": dm.load_report.to_dict() if dm.load_report else None,
         "temperature": temperature,
         "threshold": threshold,
@@ -215,6 +225,20 @@ def _log_result(summary: dict, ckpt_dir: Path) -> None:
     log.info("checkpoint and summary in %s; export with: seqchurn export ckpt_dir=%s", ckpt_dir, ckpt_dir)
 
 
+def train_with_run_summary(cfg: DictConfig) -> dict[str, Any]:
+    """Train and write ``train_run_summary.json`` (also on failure) beside the checkpoints."""
+    ckpt_dir = Path(cfg.paths.checkpoint_dir)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    with track_run("train", ckpt_dir / "train_run_summary.json", config=OmegaConf.to_container(cfg, resolve=True)) as run_summary:
+        with run_summary.stage("train"):
+            summary = train(cfg)
+        if summary.get("load_report"):
+            run_summary.add_load_report(LoadReport(**summary["load_report"]))
+        if summary:
+            run_summary.details.update({key: summary[key] for key in ("best_checkpoint", "threshold", "val_metrics", "test_metrics", "n_snapshots")})
+    return summary
+
+
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def main(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
@@ -222,9 +246,9 @@ def main(cfg: DictConfig) -> float | None:
 
     if HydraConfig.get().mode == RunMode.MULTIRUN:
         # In a sweep a failed trial must reach Hydra as an exception, not end the process.
-        summary = train(cfg)
+        summary = train_with_run_summary(cfg)
     else:
-        summary = exits_on_error(train)(cfg)
+        summary = exits_on_error(train_with_run_summary)(cfg)
     metric = cfg.get("optimized_metric")
     if summary and metric:
         # Sweepers (Optuna) maximise the value returned here.

@@ -169,7 +169,9 @@ class ChurnDataModule(pl.LightningDataModule):
     def _fingerprint(self, spec: LogSpec) -> str:
         files = fingerprint_files([s.path for s in spec.sources])
         cfg = {k: v for k, v in _plain(self.data_cfg).items() if k not in ("batch_size", "num_workers", "cache_dir")}
-        return fingerprint_config({"files": files, "cfg": cfg, "version": CACHE_VERSION})[:16]
+        # The cached snapshots contain customer ids, so pseudonymised and raw ids (or two
+        # keys) must not share a cache entry.
+        return fingerprint_config({"files": files, "cfg": cfg, "pseudonym_key_id": spec.pseudonym_key_id, "version": CACHE_VERSION})[:16]
 
     def prepare(self) -> None:
         """Build (or load from cache) everything; idempotent."""

@@ -62,3 +62,27 @@ def test_hazard_head_trains_and_reports(cfg_train):
     assert 0.0 <= metrics["c_index_uno"] <= 1.0
     assert 0.0 <= metrics["integrated_brier"] <= 1.0
     assert summary["net_config"]["n_outputs"] == 27
+
+    # The exported model returns the horizon probabilities, monotone in the horizon.
+    from pathlib import Path
+
+    import onnxruntime as ort
+
+    from seqchurn.export import export
+
+    onnx_path = export(Path(cfg_train.paths.checkpoint_dir))
+    session = ort.InferenceSession(str(onnx_path))
+    assert [o.name for o in session.get_outputs()] == ["churn_probability", "horizon_probability", "expected_days_to_activity"]
+    rng = np.random.default_rng(0)
+    b, t = 5, 6
+    feed = {
+        "event_type": rng.integers(0, 6, (b, t)).astype(np.int64),
+        "item": np.zeros((b, t), dtype=np.int64),
+        "numeric": rng.normal(size=(b, t, 8)).astype(np.float32),
+        "mask": np.ones((b, t), dtype=bool),
+        "static": rng.normal(size=(b, len(summary["feature_spec"]["static_features"]))).astype(np.float32),
+    }
+    _, horizon, days = session.run(None, feed)
+    assert horizon.shape == (b, 3)
+    assert np.all(np.diff(horizon, axis=1) <= 1e-7)
+    assert np.all((days > 0) & (days <= 26 * 7))

@@ -39,6 +39,7 @@ from seqchurn.data.sequences import FeatureSpec, SequenceArrays
 from seqchurn.drift import model_reference
 from seqchurn.errors import exits_on_error
 from seqchurn.model_files import CARD_FILE, MODEL_FILE, OUTPUT_NAME, model_digest
+from seqchurn.models.hazard import expected_days, survival_at
 from seqchurn.models.churn_module import INPUT_NAMES
 from seqchurn.utils.atomic import atomic_path, atomic_write_json
 from seqchurn.utils.run_summary import track_run
@@ -51,17 +52,46 @@ SUMMARY_FILE = "export_run_summary.json"
 DRIFT_BINS = 10
 
 
-class ScoringModel(nn.Module):
-    """The encoder plus temperature scaling: inputs -> calibrated P(churn), shape ``(B,)``."""
+HORIZON_OUTPUT, EXPECTED_DAYS_OUTPUT = "horizon_probability", "expected_days_to_activity"
 
-    def __init__(self, net: nn.Module, temperature: float = 1.0) -> None:
+
+class ScoringModel(nn.Module):
+    """The encoder plus temperature scaling: inputs -> calibrated P(churn), shape ``(B,)``.
+
+    With a hazard head (``hazard`` = the training summary's ``hazard`` entry) it also returns
+    ``(B, H)`` P(no activity within each horizon) and ``(B,)`` expected days to the next
+    activity within the hazard window.
+    """
+
+    def __init__(self, net: nn.Module, temperature: float = 1.0, hazard: dict | None = None) -> None:
         super().__init__()
         self.net = net
         self.register_buffer("inv_temperature", torch.tensor(1.0 / temperature, dtype=torch.float32))
+        self.hazard = hazard
+        if hazard:
+            self.register_buffer("horizons", torch.tensor(hazard["horizons_days"], dtype=torch.float32))
 
-    def forward(self, event_type: torch.Tensor, item: torch.Tensor, numeric: torch.Tensor, mask: torch.Tensor, static: torch.Tensor) -> torch.Tensor:
-        logits = self.net(event_type, item, numeric, mask, static)[:, 0]  # (B,)
-        return torch.sigmoid(logits * self.inv_temperature)
+    @property
+    def output_names(self) -> list[str]:
+        return [OUTPUT_NAME, HORIZON_OUTPUT, EXPECTED_DAYS_OUTPUT] if self.hazard else [OUTPUT_NAME]
+
+    def forward(
+        self, event_type: torch.Tensor, item: torch.Tensor, numeric: torch.Tensor, mask: torch.Tensor, static: torch.Tensor
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        out = self.net(event_type, item, numeric, mask, static)  # (B, 1 + K)
+        prob = torch.sigmoid(out[:, 0] * self.inv_temperature)  # (B,)
+        if not self.hazard:
+            return prob
+        hazard_logits = out[:, 1:]  # (B, K)
+        bin_days = float(self.hazard["bin_days"])
+        return prob, survival_at(hazard_logits, self.horizons, bin_days), expected_days(hazard_logits, bin_days)
+
+
+def _outputs(model: nn.Module, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """Every output of ``model`` as numpy arrays (a single-output model gives a list of one)."""
+    with torch.no_grad():
+        out = model(*_to_torch(inputs))
+    return [t.numpy() for t in (out if isinstance(out, tuple) else (out,))]
 
 
 def load_net(summary: dict, ckpt_path: str | Path) -> nn.Module:
@@ -113,10 +143,13 @@ def check_parity(model: nn.Module, onnx_path: Path, arrays: SequenceArrays, tole
         for length in (T, T + 13):
             left = rng.random(batch) < 0.5  # mix padding sides inside one batch
             inputs = pad_to(sub, length, left=left)
-            with torch.no_grad():
-                expected = model(*_to_torch(inputs)).numpy()
-            got = sess.run([OUTPUT_NAME], {k: inputs[k] for k in INPUT_NAMES})[0]
-            diff = float(np.max(np.abs(got - expected)))
+            expected = _outputs(model, inputs)
+            got = sess.run(model.output_names, {k: inputs[k] for k in INPUT_NAMES})
+            scales = [1.0] * len(expected)
+            if len(expected) == 3:
+                # Expected days are in days, not probabilities: compare them relative to their size.
+                scales[2] = 1.0 + float(np.max(np.abs(expected[2])))
+            diff = max(float(np.max(np.abs(g - e))) / scale for g, e, scale in zip(got, expected, scales))
             log.info("parity batch %d length %d: max |onnxruntime - torch| = %.2e", batch, length, diff)
             worst = max(worst, diff)
     if not worst <= tolerance:
@@ -132,7 +165,7 @@ def export_onnx(model: nn.Module, example: dict[str, np.ndarray], path: Path, op
     dynamic = {"event_type": {0: batch, 1: seq}, "item": {0: batch, 1: seq}, "numeric": {0: batch, 1: seq}, "mask": {0: batch, 1: seq}, "static": {0: batch}}
     with _fresh_rnn_dispatch():
         program = torch.onnx.export(
-            model, tuple(_to_torch(example)), input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME],
+            model, tuple(_to_torch(example)), input_names=list(INPUT_NAMES), output_names=model.output_names,
             dynamic_shapes=dynamic, dynamo=True, opset_version=opset, external_data=False, verbose=False,
         )
     program.save(str(path), external_data=False)
@@ -193,7 +226,7 @@ def export(ckpt_dir: str | Path, *, ckpt: str | None = None, out_dir: str | Path
     out_dir.mkdir(parents=True, exist_ok=True)
 
     net = load_net(summary, ckpt_path)
-    model = ScoringModel(net, summary.get("temperature", 1.0)).eval()
+    model = ScoringModel(net, summary.get("temperature", 1.0), hazard=summary.get("hazard")).eval()
     val = _validation_arrays(summary)
     card = _model_card(summary, model, val)
     card["pseudonym_key_id"] = _pseudonym_key_id(summary)
@@ -257,16 +290,18 @@ def _without_nan(value: Any) -> Any:
 def _model_card(summary: dict, model: nn.Module, val: SequenceArrays) -> dict[str, Any]:
     created = dt.datetime.now(dt.timezone.utc)
     version = f"{summary['run_name']}-{created:%Y%m%d%H%M%S}"
-    with torch.no_grad():
-        val_prob = model(*_to_torch(val.as_inputs())).numpy()
+    val_prob = _outputs(model, val.as_inputs())[0]
     spec = FeatureSpec.from_dict(summary["feature_spec"])
+    hazard = summary.get("hazard")
     card = {
         "format_version": 1,
         "model_version": version,
         "model_name": summary["model_name"],
         "created_at": created.isoformat(),
         "input_names": list(INPUT_NAMES),
-        "output_names": [OUTPUT_NAME],
+        "output_names": model.output_names,
+        # Hazard head: bins, bin width, the horizons of the horizon_probability output, test metrics.
+        "hazard": hazard,
         "feature_spec": summary["feature_spec"],
         "churn_definition": summary["churn_definition"],
         "threshold": summary["threshold"],

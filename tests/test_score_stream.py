@@ -130,9 +130,10 @@ def partition_rows(log_dir: Path) -> list[int]:
 # --------------------------------------------------------------------------------------
 
 
-def test_stream_equals_whole_log(synthetic):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_stream_equals_whole_log(synthetic, workers):
     log_dir, model_dir = synthetic
-    streamed, streamed_report, streamed_stats = score_frame(log_dir, model_dir)
+    streamed, streamed_report, streamed_stats = score_frame(log_dir, model_dir, workers=workers)
     whole, whole_report, whole_stats = score_frame(log_dir, model_dir, stream=False)
     assert streamed_stats.pieces == N_PARTITIONS
     assert whole_stats.pieces == 1
@@ -152,7 +153,7 @@ def test_stream_holds_one_partition_at_a_time(synthetic, monkeypatch):
         return featurise(events, model, as_of)
 
     monkeypatch.setattr(score, "featurise", recording_featurise)
-    _, report, stats = score_frame(log_dir, model_dir)
+    _, report, stats = score_frame(log_dir, model_dir, workers=1)
     sizes = partition_rows(log_dir)
     assert len(seen_rows) == N_PARTITIONS
     assert max(seen_rows) <= max(sizes)
@@ -174,8 +175,9 @@ def test_customer_split_across_partitions_is_rejected(synthetic, tmp_path):
     pq.write_table(table.take(np.setdiff1d(np.arange(len(ids)), moved)), first)
     pq.write_table(table.take(moved), broken / "bucket=00001" / "part-00009.parquet")
 
-    with pytest.raises(InputError, match=f"customer '{ids.iloc[-1]}' appears in partition"):
-        score_frame(broken, model_dir)
+    for workers in (1, 2):
+        with pytest.raises(InputError, match=f"customer '{ids.iloc[-1]}' appears in partition"):
+            score_frame(broken, model_dir, workers=workers)
     whole, _, stats = score_frame(broken, model_dir, stream=False)
     expected, _, _ = score_frame(log_dir, model_dir, stream=False)
     assert stats.pieces == 1

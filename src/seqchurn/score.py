@@ -13,12 +13,14 @@ every customer active at ``as_of`` and writes:
 Streaming: a single-source Parquet dataset partitioned by customer (``bucket=``
 directories, as ``seqchurn synth`` writes) is scored one partition at a time, so memory
 is bounded by the largest partition, not by the log. Every customer's history must then
-sit in one partition; a customer found in two partitions stops the run with an error
-instead of being scored on half a history. Other logs are read whole (``stream=false``).
+sit in one partition. A customer found in two partitions stops the run with an error,
+so no customer is scored on half a history. Other logs are read whole (``stream=false``).
 
-While the main thread prepares partition ``k``, a reader thread reads partition ``k + 1``
-and an inference thread runs onnxruntime on partition ``k - 1`` (pyarrow and
-onnxruntime release the GIL), so a scorer keeps about two cores busy.
+Partitions are scored side by side in ``workers`` processes (default: one per core); each
+reads, prepares and scores one partition at a time. With ``workers=1`` (or a log read
+whole) one process does it all, and while its main thread prepares partition ``k``, a
+reader thread reads partition ``k + 1`` and an inference thread runs onnxruntime on
+partition ``k - 1`` (pyarrow and onnxruntime release the GIL).
 
 Sharding: ``shard=i/n`` scores only the customers whose hash (``seqchurn.data.sharding``)
 falls in shard ``i`` and writes ``-part-i-of-n`` files, so many processes or machines can
@@ -28,6 +30,7 @@ merge the parts.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import logging
@@ -72,6 +75,7 @@ class LoadedModel:
     card: dict[str, Any]
     spec: FeatureSpec
     churn: ChurnDefinition
+    model_dir: Path | None = None  # where load_model read it; worker processes load it again from here
 
     @property
     def threshold(self) -> float:
@@ -119,7 +123,7 @@ def load_model(model_dir: str | Path, *, intra_op_threads: int = 1, verify: bool
         raise InputError(f"the ONNX model has inputs {names}, expected {list(INPUT_NAMES)}", file=str(onnx_path), hint="Re-export with this seqchurn version")
     spec = FeatureSpec.from_dict(card["feature_spec"])
     churn = ChurnDefinition(**{**card["churn_definition"], "activity_types": tuple(card["churn_definition"]["activity_types"])})
-    return LoadedModel(session, card, spec, churn)
+    return LoadedModel(session, card, spec, churn, model_dir)
 
 
 def check_log_matches(model: LoadedModel, log_spec: LogSpec) -> None:
@@ -154,9 +158,10 @@ def run_session(session: ort.InferenceSession, inputs: dict[str, np.ndarray], ba
 class ScoreStats:
     """Counts and timings for the run summary.
 
-    ``seconds`` holds wall-clock time per stage of the main thread (``read_wait``,
-    ``prepare``, ``features``, ``inference_wait``) and the inference thread's busy time
-    (``inference``), which overlaps the others.
+    ``seconds`` sums the time of each stage over all pieces. In one process these are the
+    main thread's ``read_wait``, ``prepare``, ``features`` and ``inference_wait`` plus the
+    inference thread's ``inference``, which overlaps them. With worker processes they are
+    the workers' ``read``, ``prepare``, ``features`` and ``inference``, which run side by side.
     """
 
     rows_read: int = 0
@@ -178,7 +183,7 @@ class ScoreStats:
 
 @dataclass
 class Piece:
-    """Raw tables that together hold the whole history of their customers."""
+    """Raw tables that together contain the whole history of their customers."""
 
     name: str
     tables: list[tuple[pa.Table, SourceSpec, str, int]]  # (table, source, file, first row)
@@ -200,7 +205,7 @@ def is_customer_partitioned(log_spec: LogSpec) -> bool:
 
 
 def _partition_of(file: str) -> str:
-    """The ``bucket=`` directory that holds ``file``, or the file itself outside one."""
+    """Return the ``bucket=`` directory that contains ``file``, or the file itself outside one."""
     parent = Path(file).parent
     return str(parent) if parent.name.startswith("bucket=") else file
 
@@ -218,7 +223,7 @@ def iter_pieces(log_spec: LogSpec, stream: bool) -> Iterator[Piece]:
 
 
 def count_rows(log_spec: LogSpec) -> int | None:
-    """Rows in the log from Parquet footers (no data read); None when a source is not Parquet."""
+    """Count the log's rows from Parquet footers (no data read); None when a source is not Parquet."""
     import pyarrow.dataset as pads
 
     total = 0
@@ -245,7 +250,6 @@ class PartitionGuard:
 
     def __init__(self) -> None:
         self._seen = np.empty(0, dtype=np.uint64)
-        self._piece_of: list[tuple[int, str]] = []  # (customers seen before the piece, piece name)
 
     @property
     def customers(self) -> int:
@@ -270,7 +274,7 @@ class PartitionGuard:
 
 
 def take_shard(events: pd.DataFrame, shard: tuple[int, int]) -> pd.DataFrame:
-    """The rows of customers in shard ``shard[0]`` of ``shard[1]`` (by stable customer hash)."""
+    """Keep the rows of customers in shard ``shard[0]`` of ``shard[1]`` (by stable customer hash)."""
     codes, uniques = pd.factorize(events["customer_id"])
     mine = shard_of(np.asarray(uniques, dtype=object), shard[1]) == shard[0]
     keep = mine[codes]
@@ -308,7 +312,7 @@ def may_be_active(events: pd.DataFrame, as_of: pd.Timestamp, churn: ChurnDefinit
     if len(events) == 0:
         return recent
     # Finalised events are sorted by customer, so each customer is one run of rows and no
-    # string needs hashing; the check on the run starts catches any other order.
+    # string needs hashing. The check on the run starts catches any other order.
     ids = pa.chunked_array(pa.array(events["customer_id"].array)).combine_chunks()
     new_run = np.ones(len(ids), dtype=bool)
     new_run[1:] = pc.not_equal(ids.slice(1), ids.slice(0, len(ids) - 1)).fill_null(True).to_numpy(zero_copy_only=False)
@@ -357,7 +361,7 @@ def _with_probability(features: Features, probability: np.ndarray) -> pd.DataFra
     return out
 
 
-def score_events(events: pd.DataFrame, model: LoadedModel, as_of: pd.Timestamp, *, batch_size: int = 1024) -> pd.DataFrame:
+def score_events(events: pd.DataFrame, model: LoadedModel, as_of: pd.Timestamp, *, batch_size: int = 256) -> pd.DataFrame:
     """Score canonical events: one row per customer active at ``as_of`` (unsorted, no rank)."""
     features = featurise(events, model, to_utc(as_of))
     if features.frame.empty:
@@ -377,14 +381,28 @@ def prepare_piece(piece: Piece, log_spec: LogSpec, report: LoadReport, shard: tu
     return finalise(frames, report)
 
 
+@dataclass
+class PieceResult:
+    """Scores, load report and counts of one scored piece, for the merge step."""
+
+    name: str
+    rows: int
+    scored: pd.DataFrame
+    report: LoadReport
+    customers: np.ndarray  # distinct customer ids (object array), for the partition guard
+    events_before_as_of: int
+    seconds: dict[str, float]
+
+
 def score_log(
     log_spec: LogSpec,
     model: LoadedModel,
     as_of: str | pd.Timestamp,
     *,
-    batch_size: int = 1024,
+    batch_size: int = 256,
     shard: tuple[int, int] | None = None,
     stream: str | bool = "auto",
+    workers: int = 1,
     progress: bool = True,
 ) -> tuple[pd.DataFrame, LoadReport, ScoreStats]:
     """Score a whole log; return ranked scores, the load report and run statistics.
@@ -392,67 +410,51 @@ def score_log(
     ``stream``: ``"auto"`` streams a customer-partitioned log (see
     :func:`is_customer_partitioned`), ``True`` streams any log piece by piece (and raises
     if a customer spans pieces), ``False`` reads the log whole.
+
+    ``workers``: processes that score partitions side by side when streaming (0 = one per
+    usable core). With 1, one process overlaps reading, pandas work and inference in
+    threads. Each worker keeps one partition in memory at a time.
     """
     as_of = to_utc(as_of)
     check_log_matches(model, log_spec)
     if stream not in ("auto", True, False):
         raise ValueError(f"Expected `stream` to be auto, true or false, but got {stream!r}")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise ValueError(f"Expected `workers` to be 0 (one per core) or a positive integer, but got {workers!r}")
     stream_on = is_customer_partitioned(log_spec) if stream == "auto" else bool(stream)
-    log.info("scoring as of %s, %s", as_of, "one partition at a time" if stream_on else "reading the whole log at once")
+    partitions = list_partitions(log_spec) if stream_on else []
+    n_workers = min(workers or usable_cores(), max(len(partitions), 1)) if stream_on else 1
+    log.info(
+        "scoring as of %s, %s", as_of,
+        f"{len(partitions)} partitions in {n_workers} worker processes" if n_workers > 1
+        else "one partition at a time" if stream_on else "reading the whole log at once",
+    )
+    if n_workers > 1:
+        results = _score_in_processes(partitions, log_spec, model, as_of, shard, batch_size, n_workers)
+    else:
+        results = _score_in_threads(log_spec, model, as_of, shard, batch_size, stream_on)
+
     report, stats, guard, parts = LoadReport(), ScoreStats(), PartitionGuard(), []
     bar = _progress(progress, count_rows(log_spec))
     started = time.perf_counter()
-
-    def infer(features: Features) -> pd.DataFrame:
-        t0 = time.perf_counter()
-        scored = _with_probability(features, predict(model, features.inputs, batch_size))
-        stats.add_time("inference", time.perf_counter() - t0)
-        return scored
-
-    pending: Future | None = None
-    with ThreadPoolExecutor(1, thread_name_prefix="seqchurn-read") as reader, ThreadPoolExecutor(1, thread_name_prefix="seqchurn-infer") as inferrer:
-        pieces = iter_pieces(log_spec, stream_on)
-        next_piece = reader.submit(next, pieces, None)
-        while True:
-            t0 = time.perf_counter()
-            piece = next_piece.result()
-            stats.add_time("read_wait", time.perf_counter() - t0)
-            if piece is None:
-                break
-            next_piece = reader.submit(next, pieces, None)
-
-            t0 = time.perf_counter()
-            events = prepare_piece(piece, log_spec, report, shard)
-            customers = events["customer_id"].unique()
-            if stream_on:
-                guard.add(np.asarray(customers, dtype=object), piece.name)
-            stats.customers_seen += len(customers)
-            # Events at or after as_of are future for this snapshot; they are ignored, not dropped.
-            stats.events += int((events["ts"] < as_of).sum())
-            stats.rows_read, stats.pieces = report.rows_read, stats.pieces + 1
-            stats.largest_piece_rows = max(stats.largest_piece_rows, piece.rows)
-            rows = piece.rows
-            del piece
-            t1 = time.perf_counter()
-            stats.add_time("prepare", t1 - t0)
-
-            features = featurise(events, model, as_of)
-            del events
-            stats.add_time("features", time.perf_counter() - t1)
-
-            if pending is not None:
-                parts.append(_wait(pending, stats))
-                pending = None
-            if not features.frame.empty:
-                pending = inferrer.submit(infer, features)
-            if bar is not None:
-                bar.update(rows)
-                elapsed = max(time.perf_counter() - started, 1e-9)
-                bar.set_postfix(customers_per_s=f"{stats.customers_seen / elapsed:,.0f}", scored=f"{sum(len(p) for p in parts):,}")
-        if pending is not None:
-            parts.append(_wait(pending, stats))
+    for result in results:
+        if stream_on:
+            guard.add(result.customers, result.name)
+        _merge_report(report, result.report)
+        stats.customers_seen += len(result.customers)
+        stats.events += result.events_before_as_of
+        stats.pieces += 1
+        stats.largest_piece_rows = max(stats.largest_piece_rows, result.rows)
+        for stage, seconds in result.seconds.items():
+            stats.add_time(stage, seconds)
+        parts.append(result.scored)
+        if bar is not None:
+            bar.update(result.rows)
+            elapsed = max(time.perf_counter() - started, 1e-9)
+            bar.set_postfix(customers_per_s=f"{stats.customers_seen / elapsed:,.0f}", scored=f"{sum(len(p) for p in parts):,}")
     if bar is not None:
         bar.close()
+    stats.rows_read = report.rows_read
     report.rows_kept = stats.events
     scores = pd.concat(parts, ignore_index=True) if parts else _empty_scores()
     scores = rank_scores(scores, model, as_of)
@@ -460,11 +462,151 @@ def score_log(
     return scores, report, stats
 
 
-def _wait(pending: Future, stats: ScoreStats) -> pd.DataFrame:
+def usable_cores() -> int:
+    """CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _merge_report(total: LoadReport, part: LoadReport) -> None:
+    total.rows_read += part.rows_read
+    for reason, count in part.dropped.items():
+        total.drop(reason, count)
+    for reason, count in part.changed.items():
+        total.change(reason, count)
+    total.files.extend(f for f in part.files if f not in total.files)
+
+
+def _prepared(piece: Piece, log_spec: LogSpec, as_of: pd.Timestamp, shard: tuple[int, int] | None) -> tuple[pd.DataFrame, LoadReport, np.ndarray, int]:
+    """Prepare one piece; return its events, load report, distinct customers and events before ``as_of``."""
+    report = LoadReport()
+    events = prepare_piece(piece, log_spec, report, shard)
+    customers = np.asarray(events["customer_id"].unique(), dtype=object)
+    # Events at or after as_of are future for this snapshot; they are ignored, not dropped.
+    return events, report, customers, int((events["ts"] < as_of).sum())
+
+
+def _score_in_threads(
+    log_spec: LogSpec, model: LoadedModel, as_of: pd.Timestamp, shard: tuple[int, int] | None, batch_size: int, stream: bool
+) -> Iterator[PieceResult]:
+    """Score piece by piece in this process: a reader thread reads ahead, an inference thread runs behind."""
+
+    def infer(features: Features) -> tuple[pd.DataFrame, float]:
+        t0 = time.perf_counter()
+        if features.frame.empty:
+            return _empty_scores(), 0.0
+        return _with_probability(features, predict(model, features.inputs, batch_size)), time.perf_counter() - t0
+
+    def finish(pending: tuple[Future, PieceResult]) -> PieceResult:
+        future, result = pending
+        t0 = time.perf_counter()
+        result.scored, result.seconds["inference"] = future.result()
+        result.seconds["inference_wait"] = time.perf_counter() - t0
+        return result
+
+    pending: tuple[Future, PieceResult] | None = None
+    with ThreadPoolExecutor(1, thread_name_prefix="seqchurn-read") as reader, ThreadPoolExecutor(1, thread_name_prefix="seqchurn-infer") as inferrer:
+        pieces = iter_pieces(log_spec, stream)
+        next_piece = reader.submit(next, pieces, None)
+        while True:
+            t0 = time.perf_counter()
+            piece = next_piece.result()
+            read_wait = time.perf_counter() - t0
+            if piece is None:
+                break
+            next_piece = reader.submit(next, pieces, None)
+
+            t0 = time.perf_counter()
+            events, report, customers, n_events = _prepared(piece, log_spec, as_of, shard)
+            name, rows = piece.name, piece.rows
+            del piece
+            t1 = time.perf_counter()
+            features = featurise(events, model, as_of)
+            del events
+            seconds = {"read_wait": read_wait, "prepare": t1 - t0, "features": time.perf_counter() - t1}
+
+            if pending is not None:
+                yield finish(pending)
+            result = PieceResult(name, rows, _empty_scores(), report, customers, n_events, seconds)
+            pending = (inferrer.submit(infer, features), result)
+        if pending is not None:
+            yield finish(pending)
+
+
+# --------------------------------------------------------------------------------------
+# Worker processes
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PartitionRef:
+    """A partition to read: a ``bucket=`` directory or a single file of source ``source``."""
+
+    source: int
+    path: str
+
+
+def list_partitions(log_spec: LogSpec) -> list[PartitionRef]:
+    """List every source's partitions in path order, reading only file names."""
+    import pyarrow.dataset as pads
+
+    refs = []
+    for i, src in enumerate(log_spec.sources):
+        path = Path(src.path)
+        if not path.is_dir():
+            refs.append(PartitionRef(i, str(path)))
+            continue
+        files = sorted(f.path for f in pads.dataset(str(path), format="parquet", partitioning="hive").get_fragments())
+        refs.extend(PartitionRef(i, name) for name, _ in itertools.groupby(files, key=_partition_of))
+    return refs
+
+
+_worker_model: LoadedModel | None = None
+
+
+def _start_worker(model_dir: Path) -> None:
+    global _worker_model
+    _worker_model = load_model(model_dir, intra_op_threads=1)
+
+
+def _score_partition(ref: PartitionRef, log_spec: LogSpec, as_of: pd.Timestamp, shard: tuple[int, int] | None, batch_size: int) -> PieceResult:
+    """Read, prepare and score one partition in a worker process."""
     t0 = time.perf_counter()
-    scored = pending.result()
-    stats.add_time("inference_wait", time.perf_counter() - t0)
-    return scored
+    src = log_spec.sources[ref.source]
+    part = dataclasses.replace(src, path=ref.path)
+    piece = Piece(ref.path, [(t, src, f, r) for t, f, r in iter_source_tables(part)])
+    t1 = time.perf_counter()
+    events, report, customers, n_events = _prepared(piece, log_spec, as_of, shard)
+    rows = piece.rows
+    del piece
+    t2 = time.perf_counter()
+    features = featurise(events, _worker_model, as_of)
+    del events
+    t3 = time.perf_counter()
+    scored = _with_probability(features, predict(_worker_model, features.inputs, batch_size)) if not features.frame.empty else _empty_scores()
+    seconds = {"read": t1 - t0, "prepare": t2 - t1, "features": t3 - t2, "inference": time.perf_counter() - t3}
+    return PieceResult(ref.path, rows, scored, report, customers, n_events, seconds)
+
+
+def _score_in_processes(
+    partitions: list[PartitionRef], log_spec: LogSpec, model: LoadedModel, as_of: pd.Timestamp,
+    shard: tuple[int, int] | None, batch_size: int, workers: int,
+) -> Iterator[PieceResult]:
+    """Score partitions in ``workers`` processes; yield the results in partition order."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    if model.model_dir is None:
+        raise ValueError("Expected a model opened with load_model(model_dir) for scoring in worker processes, or workers=1")
+    # spawn, not fork: this process may already run onnxruntime and tqdm threads.
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=(model.model_dir,)) as pool:
+        futures = [pool.submit(_score_partition, ref, log_spec, as_of, shard, batch_size) for ref in partitions]
+        try:
+            for future in futures:
+                yield future.result()
+        finally:
+            for future in futures:
+                future.cancel()
 
 
 def rank_scores(scores: pd.DataFrame, model: LoadedModel, as_of: pd.Timestamp) -> pd.DataFrame:
@@ -504,7 +646,7 @@ def write_outputs(scores: pd.DataFrame, out_dir: Path, shard: tuple[int, int] | 
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
-    """The `seqchurn score` task: load, score, write, summarise. Returns the run summary."""
+    """Run the `seqchurn score` task (load, score, write, summarise) and return the run summary."""
     if not cfg.get("as_of"):
         raise InputError("no as-of date given", hint="Add as_of=YYYY-MM-DD (customers are scored as of that moment; later events are ignored)")
     shard = parse_shard(str(cfg.shard)) if cfg.get("shard") else None
@@ -512,6 +654,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     config = OmegaConf.to_container(cfg, resolve=True)
     with track_run("score", out_dir / f"run_summary{shard_suffix(shard)}.json", config=config) as summary:
+        summary.details["shard"] = cfg.get("shard")
         with summary.stage("load_model"):
             model = load_model(hydra.utils.to_absolute_path(cfg.model_dir), intra_op_threads=int(cfg.threads))
         log_spec = LogSpec.from_config(cfg.data)
@@ -519,7 +662,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             src.path = hydra.utils.to_absolute_path(src.path)
         with summary.stage("score"):
             scores, report, stats = score_log(
-                log_spec, model, cfg.as_of, batch_size=int(cfg.batch_size), shard=shard, stream=cfg.stream, progress=bool(cfg.progress)
+                log_spec, model, cfg.as_of, batch_size=int(cfg.batch_size), shard=shard, stream=cfg.stream,
+                workers=int(cfg.workers), progress=bool(cfg.progress),
             )
         summary.add_load_report(report)
         with summary.stage("write"):
@@ -532,7 +676,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             {
                 "model_version": model.version,
                 "as_of": str(to_utc(cfg.as_of)),
-                "shard": cfg.get("shard"),
                 "threshold": model.threshold,
                 "events_before_as_of": stats.events,
                 "customers_seen": stats.customers_seen,

@@ -11,7 +11,7 @@ bash scripts/setup.sh
 RUN=${SEQCHURN_RUN_NAME:-online_retail_gru}
 seqchurn train run_name="$RUN" "$@"
 seqchurn export run_name="$RUN"
-seqchurn score run_name="$RUN" as_of=2011-12-09 progress=false
+seqchurn score run_name="$RUN" as_of=2011-12-09 progress=false alerts=default
 python - "$RUN" <<'PY'
 import json, sys
 run = sys.argv[1]

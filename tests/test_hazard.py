@@ -86,3 +86,12 @@ def test_hazard_head_trains_and_reports(cfg_train):
     assert horizon.shape == (b, 3)
     assert np.all(np.diff(horizon, axis=1) <= 1e-7)
     assert np.all((days > 0) & (days <= 26 * 7))
+
+    # The scorer writes the horizon probabilities as columns beside the binary probability.
+    from seqchurn.data.io import LogSpec
+    from seqchurn.score import load_model, score_log
+
+    scores, _, _ = score_log(LogSpec.from_config(cfg_train.data), load_model(onnx_path.parent), "2011-12-09", progress=False)
+    columns = ["churn_probability_30d", "churn_probability_60d", "churn_probability_90d"]
+    assert set(columns + ["expected_days_to_activity"]) <= set(scores.columns)
+    assert np.all(np.diff(scores[columns].to_numpy(), axis=1) <= 1e-7)

@@ -133,3 +133,24 @@ def test_cli_bad_input_exits_2(tmp_path):
     )
     assert result.returncode == 2, result.stderr[-2000:]
     assert "model file not found" in result.stderr
+
+
+def test_score_cli_records_and_delivers_alerts(trained, tmp_path):
+    cfg, _, ckpt_dir = trained
+    out = tmp_path / "scores"
+    overrides = [f"data.sources.{i}.path={src.path}" for i, src in enumerate(cfg.data.sources)]
+    result = subprocess.run(
+        [
+            sys.executable, "-m", "seqchurn.cli", "score", f"model_dir={ckpt_dir}", "as_of=2011-12-09", f"output_dir={out}",
+            "alerts=default", f"alerts.store.url={tmp_path / 'alerts.db'}",
+            f"alerts.sinks.file_jsonl.directory={tmp_path / 'sent'}", f"alerts.sinks.file_csv.directory={tmp_path / 'sent'}",
+            f"hydra.run.dir={tmp_path / 'run'}", "progress=false", *overrides,
+        ],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((out / "run_summary.json").read_text())
+    alert_run = summary["details"]["alert_run"]
+    assert alert_run["status"] == "ok"
+    assert alert_run["n_selected"] == summary["alerts"]
+    assert (tmp_path / "alerts.db").exists()

@@ -154,6 +154,45 @@ def run_session(session: ort.InferenceSession, inputs: dict[str, np.ndarray], ba
     return out
 
 
+def run_outputs(session: ort.InferenceSession, inputs: dict[str, np.ndarray], batch_size: int, names: list[str]) -> dict[str, np.ndarray]:
+    """Like :func:`run_session`, but return every output in ``names`` (rows in input order)."""
+    if batch_size < 1:
+        raise ValueError(f"Expected `batch_size` to be a positive integer, but got {batch_size}")
+    n = len(inputs["mask"])
+    out: dict[str, np.ndarray] = {}
+    for idx, length in length_batches(inputs["mask"], batch_size):
+        feed = {k: np.ascontiguousarray(inputs[k][idx][:, :length]) for k in ("event_type", "item", "numeric", "mask")}
+        feed["static"] = np.ascontiguousarray(inputs["static"][idx])
+        for name, values in zip(names, session.run(names, feed)):
+            if name not in out:
+                out[name] = np.empty((n, *values.shape[1:]), dtype=np.float32)
+            out[name][idx] = values
+    return out
+
+
+def horizon_columns(model: LoadedModel) -> list[str]:
+    """Score columns a hazard model adds: P(no activity within each horizon), expected days."""
+    hazard = model.card.get("hazard")
+    if not hazard:
+        return []
+    return [f"churn_probability_{int(h)}d" for h in hazard["horizons_days"]] + ["expected_days_to_activity"]
+
+
+def predict_frame(model: LoadedModel, features: Features, batch_size: int) -> pd.DataFrame:
+    """Score ``features``: churn_probability, plus the horizon columns of a hazard model."""
+    names = list(model.card.get("output_names") or [OUTPUT_NAME])
+    outputs = run_outputs(model.session, features.inputs, batch_size, names)
+    out = features.frame.copy()
+    out.insert(1, "churn_probability", outputs[OUTPUT_NAME])
+    extra = horizon_columns(model)
+    if extra:
+        horizon = outputs["horizon_probability"]
+        for j, column in enumerate(extra[:-1]):
+            out[column] = horizon[:, j]
+        out["expected_days_to_activity"] = outputs["expected_days_to_activity"]
+    return out
+
+
 @dataclass
 class ScoreStats:
     """Counts and timings for the run summary.
@@ -355,18 +394,12 @@ def featurise(events: pd.DataFrame, model: LoadedModel, as_of: pd.Timestamp) -> 
     return Features(frame, arrays.as_inputs())
 
 
-def _with_probability(features: Features, probability: np.ndarray) -> pd.DataFrame:
-    out = features.frame.copy()
-    out.insert(1, "churn_probability", probability.astype(np.float32))
-    return out
-
-
 def score_events(events: pd.DataFrame, model: LoadedModel, as_of: pd.Timestamp, *, batch_size: int = 256) -> pd.DataFrame:
     """Score canonical events: one row per customer active at ``as_of`` (unsorted, no rank)."""
     features = featurise(events, model, to_utc(as_of))
     if features.frame.empty:
         return _empty_scores()
-    return _with_probability(features, predict(model, features.inputs, batch_size))
+    return predict_frame(model, features, batch_size)
 
 
 def prepare_piece(piece: Piece, log_spec: LogSpec, report: LoadReport, shard: tuple[int, int] | None) -> pd.DataFrame:
@@ -494,7 +527,7 @@ def _score_in_threads(
         t0 = time.perf_counter()
         if features.frame.empty:
             return _empty_scores(), 0.0
-        return _with_probability(features, predict(model, features.inputs, batch_size)), time.perf_counter() - t0
+        return predict_frame(model, features, batch_size), time.perf_counter() - t0
 
     def finish(pending: tuple[Future, PieceResult]) -> PieceResult:
         future, result = pending
@@ -582,7 +615,7 @@ def _score_partition(ref: PartitionRef, log_spec: LogSpec, as_of: pd.Timestamp, 
     features = featurise(events, _worker_model, as_of)
     del events
     t3 = time.perf_counter()
-    scored = _with_probability(features, predict(_worker_model, features.inputs, batch_size)) if not features.frame.empty else _empty_scores()
+    scored = predict_frame(_worker_model, features, batch_size) if not features.frame.empty else _empty_scores()
     seconds = {"read": t1 - t0, "prepare": t2 - t1, "features": t3 - t2, "inference": time.perf_counter() - t3}
     return PieceResult(ref.path, rows, scored, report, customers, n_events, seconds)
 
@@ -609,6 +642,24 @@ def _score_in_processes(
                 future.cancel()
 
 
+def score_drift_summary(model: LoadedModel, scores: pd.DataFrame, threshold: float) -> list[dict[str, Any]] | None:
+    """PSI of this run's score distribution against the validation scores stored at export.
+
+    NOTE: only the score distribution is compared here; per-feature PSI of the model inputs
+    is available with `seqchurn drift --model-dir`, because the inputs of worker processes
+    are not kept.
+    """
+    from seqchurn.drift import psi_from_reference
+
+    reference = (model.card.get("drift_reference") or {}).get("score")
+    if reference is None or scores.empty:
+        return None
+    value = float(psi_from_reference(reference, scores["churn_probability"].to_numpy(dtype=np.float64)))
+    if value > threshold:
+        log.warning("score distribution drifted from validation: PSI %.3f > %.2f", value, threshold)
+    return [{"feature": "churn_probability", "kind": "score", "psi": value, "drifted": value > threshold, "threshold": threshold}]
+
+
 def rank_scores(scores: pd.DataFrame, model: LoadedModel, as_of: pd.Timestamp) -> pd.DataFrame:
     """Sort by risk (ties by customer id), add rank, alert flag, model version and as-of date."""
     scores = scores.sort_values(["churn_probability", "customer_id"], ascending=[False, True], kind="stable", ignore_index=True)
@@ -616,7 +667,11 @@ def rank_scores(scores: pd.DataFrame, model: LoadedModel, as_of: pd.Timestamp) -
     scores["alert"] = scores["churn_probability"] >= model.threshold
     scores["model_version"] = model.version
     scores["as_of"] = as_of
-    return scores[list(SCORE_COLUMNS)]
+    extra = horizon_columns(model)
+    for column in extra:
+        if column not in scores:  # an empty result has no horizon columns yet
+            scores[column] = pd.Series(dtype="float32")
+    return scores[[*SCORE_COLUMNS, *extra]]
 
 
 def _progress(enabled: bool, total_rows: int | None) -> Any:
@@ -669,8 +724,19 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         with summary.stage("write"):
             paths = write_outputs(scores, out_dir, shard)
         n_alerts = int(scores["alert"].sum())
-        if n_alerts == 0:
+        if stats.customers_scored == 0:
+            log.warning(
+                "no customer is active as of %s in this log (data=%s; the model was trained on data=%s): check as_of and the data config",
+                cfg.as_of, cfg.data.get("name"), model.card.get("data_name"),
+            )
+        elif n_alerts == 0:
             log.warning("no customer reaches the alert threshold %.3f: alerts.csv is empty", model.threshold)
+        summary.drift = score_drift_summary(model, scores, float(cfg.get("drift_threshold") or 0.2))
+        if cfg.get("alerts") is not None and cfg.alerts.get("enabled", True):
+            from seqchurn.alerts.cli import run_alerts
+
+            with summary.stage("alerts"):
+                summary.details["alert_run"] = run_alerts(scores, log_spec, model, cfg.as_of, cfg.alerts, shard=shard)
         summary.customers_scored, summary.alerts = stats.customers_scored, n_alerts
         summary.details.update(
             {
@@ -687,6 +753,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         )
     log.info("scored %d customers (%d alerts at threshold %.3f) in %.1f s", stats.customers_scored, n_alerts, model.threshold, sum(summary.durations_s.values()))
     print(f"scores: {paths['scores']}\nalerts: {paths['alerts']} ({n_alerts} customers at or above threshold {model.threshold:.3f})")
+    print(f"report: seqchurn report --model-dir {hydra.utils.to_absolute_path(cfg.model_dir)} --scores {paths['scores']}")
     return summary.to_dict()
 
 

@@ -541,6 +541,12 @@ class AlertStore:
 def _enable_sqlite_foreign_keys(dbapi_connection, _record) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA foreign_keys=ON")
+    # Write-ahead log with synchronous=NORMAL: a commit no longer waits for an fsync, which
+    # made one commit per delivered alert the slowest step of a scoring run. A process crash
+    # loses nothing; a power cut may lose the last commits, which the next delivery pass
+    # then sends again under the same idempotency keys.
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
 
 

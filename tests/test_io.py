@@ -209,3 +209,26 @@ def test_bundled_retail_loads_with_counted_drops():
     assert events["customer_id"].str.contains(r"\.").sum() == 0
     assert events["ts"].min() >= pd.Timestamp("2009-12-01", tz="UTC")
     assert (events.loc[events["event_type"] == "purchase", "amount"] >= 0).all()
+
+
+def test_row_order_does_not_change_events(tmp_path):
+    rows = "cid,ts,qty,price,sku,inv\n" + "".join(
+        f"c{i % 7},2021-01-{1 + i % 5:02d}T10:00:00,{1 + i % 3},{1.5 + i % 4},S{i % 11},{100 + i % 5}\n" for i in range(200)
+    )
+    lines = rows.splitlines(keepends=True)
+    shuffled = [lines[0], *np.random.default_rng(0).permutation(lines[1:])]
+    a = write_csv(tmp_path / "a.csv", rows)
+    b = write_csv(tmp_path / "b.csv", "".join(shuffled))
+    events_a, _ = load_events(retail_cfg(a))
+    events_b, _ = load_events(retail_cfg(b))
+    pd.testing.assert_frame_equal(events_a, events_b)
+
+
+def test_truncated_gzip_names_the_file(tmp_path):
+    text = "cid,ts,type,amt\n" + "".join(f"c{i},2021-01-01T10:00:00Z,buy,{i}\n" for i in range(50_000))
+    raw = gzip.compress(text.encode())
+    p = tmp_path / "log.csv.gz"
+    p.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(InputError, match="Truncated compressed stream") as err:
+        load_events(cfg(p))
+    assert str(p) in str(err.value)

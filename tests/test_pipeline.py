@@ -154,3 +154,39 @@ def test_score_cli_records_and_delivers_alerts(trained, tmp_path):
     assert alert_run["status"] == "ok"
     assert alert_run["n_selected"] == summary["alerts"]
     assert (tmp_path / "alerts.db").exists()
+
+
+def test_log_missing_a_trained_role_is_refused(trained):
+    cfg, _, ckpt_dir = trained
+    model = load_model(ckpt_dir)
+    assert "amount" in model.card["input_roles"]
+    spec = LogSpec.from_config(cfg.data)
+    for src in spec.sources:
+        src.columns.pop("unit_price")
+    with pytest.raises(InputError, match="amount"):
+        score_log(spec, model, "2011-12-09", progress=False)
+
+
+@pytest.mark.parametrize("as_of,needle", [("20111209", "must be a date string"), ("garbage", "cannot parse as_of"), ("2011-13-45", "cannot parse as_of")])
+def test_cli_bad_as_of_exits_2(trained, tmp_path, as_of, needle):
+    _, _, ckpt_dir = trained
+    result = subprocess.run(
+        [sys.executable, "-m", "seqchurn.cli", "score", f"model_dir={ckpt_dir}", f"as_of={as_of}", f"output_dir={tmp_path}", f"hydra.run.dir={tmp_path / 'run'}"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert needle in result.stderr
+
+
+def test_broken_model_outputs_are_refused(trained, monkeypatch):
+    cfg, _, ckpt_dir = trained
+    model = load_model(ckpt_dir)
+    real_run = model.session.run
+
+    class NanSession:
+        def run(self, names, feed):
+            return [np.full_like(out, np.nan) for out in real_run(names, feed)]
+
+    model.session = NanSession()
+    with pytest.raises(InputError, match="not finite or outside"):
+        score_log(LogSpec.from_config(cfg.data), model, "2011-12-09", progress=False)

@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import tempfile
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -107,7 +108,8 @@ def load_net(summary: dict, ckpt_path: str | Path) -> nn.Module:
 
 
 def _to_torch(inputs: dict[str, np.ndarray]) -> list[torch.Tensor]:
-    return [torch.as_tensor(np.ascontiguousarray(inputs[k])) for k in INPUT_NAMES]
+    # A copy: cached arrays are read-only memory maps, which torch warns about.
+    return [torch.as_tensor(np.array(inputs[k], copy=True)) for k in INPUT_NAMES]
 
 
 def pad_to(arrays: SequenceArrays, length: int, *, left: np.ndarray | None = None) -> dict[str, np.ndarray]:
@@ -163,7 +165,13 @@ def export_onnx(model: nn.Module, example: dict[str, np.ndarray], path: Path, op
 
     batch, seq = Dim("batch", min=1), Dim("seq", min=1)
     dynamic = {"event_type": {0: batch, 1: seq}, "item": {0: batch, 1: seq}, "numeric": {0: batch, 1: seq}, "mask": {0: batch, 1: seq}, "static": {0: batch}}
-    with _fresh_rnn_dispatch():
+    with _fresh_rnn_dispatch(), warnings.catch_warnings():
+        # torch 2.13's exporter warns about its own internals (deprecated pytree and size
+        # checks, GRU weights assigned during tracing); none of them concern this model.
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\..*|copyreg|contextlib")
+        # It also warns once per missing torchvision operator; seqchurn uses none of them.
+        logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
         program = torch.onnx.export(
             model, tuple(_to_torch(example)), input_names=list(INPUT_NAMES), output_names=model.output_names,
             dynamic_shapes=dynamic, dynamo=True, opset_version=opset, external_data=False, verbose=False,
@@ -257,7 +265,7 @@ def _validation_arrays(summary: dict) -> SequenceArrays:
     data_cfg = summary["data_config"]
     dm = ChurnDataModule(data_cfg, batch_size=256, cache_dir=data_cfg.get("cache_dir"))
     dm.prepare()
-    if dm.spec.to_dict() != summary["feature_spec"]:
+    if dm.spec.to_dict() != FeatureSpec.from_dict(summary["feature_spec"]).to_dict():
         raise InputError(
             "the validation data rebuilt from the training config no longer matches the checkpoint's feature spec "
             "(the log or its config changed since training)", hint="Re-train, or restore the original log",
@@ -287,6 +295,18 @@ def _without_nan(value: Any) -> Any:
     return value
 
 
+def _input_roles(data_config: dict) -> list[str]:
+    """Column roles that feed the features and were mapped in every training source; a scored log must map them too."""
+    feature_roles = {"event_type", "amount", "quantity", "item_id", "order_id"}
+    per_source = []
+    for src in data_config.get("sources") or []:
+        mapped = {role for role, column in (src.get("columns") or {}).items() if column}
+        if {"quantity", "unit_price"} <= mapped:
+            mapped.add("amount")
+        per_source.append(mapped & feature_roles)
+    return sorted(set.intersection(*per_source)) if per_source else []
+
+
 def _model_card(summary: dict, model: nn.Module, val: SequenceArrays) -> dict[str, Any]:
     created = dt.datetime.now(dt.timezone.utc)
     version = f"{summary['run_name']}-{created:%Y%m%d%H%M%S}"
@@ -300,6 +320,7 @@ def _model_card(summary: dict, model: nn.Module, val: SequenceArrays) -> dict[st
         "created_at": created.isoformat(),
         "input_names": list(INPUT_NAMES),
         "output_names": model.output_names,
+        "input_roles": _input_roles(summary["data_config"]),
         # Hazard head: bins, bin width, the horizons of the horizon_probability output, test metrics.
         "hazard": hazard,
         "feature_spec": summary["feature_spec"],

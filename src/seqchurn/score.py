@@ -110,7 +110,12 @@ def load_model(model_dir: str | Path, *, intra_op_threads: int = 1, verify: bool
     for p in (onnx_path, card_path):
         if not p.exists():
             raise InputError("model file not found", file=str(p), hint="Run `seqchurn export` first, or fix `model_dir`")
-    card = json.loads(card_path.read_text())
+    try:
+        card = json.loads(card_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"the model card is not valid JSON: {exc}", file=str(card_path), hint="Re-export the model") from None
+    if not isinstance(card, dict):
+        raise InputError("the model card is not a JSON object", file=str(card_path), hint="Re-export the model")
     onnx_bytes = onnx_path.read_bytes()
     if verify and model_digest(onnx_bytes, card) != card.get("sha256"):
         raise InputError(
@@ -121,13 +126,29 @@ def load_model(model_dir: str | Path, *, intra_op_threads: int = 1, verify: bool
     names = [i.name for i in session.get_inputs()]
     if names != list(INPUT_NAMES) or names != card.get("input_names"):
         raise InputError(f"the ONNX model has inputs {names}, expected {list(INPUT_NAMES)}", file=str(onnx_path), hint="Re-export with this seqchurn version")
-    spec = FeatureSpec.from_dict(card["feature_spec"])
-    churn = ChurnDefinition(**{**card["churn_definition"], "activity_types": tuple(card["churn_definition"]["activity_types"])})
+    try:
+        spec = FeatureSpec.from_dict(card["feature_spec"])
+        churn = ChurnDefinition(**{**card["churn_definition"], "activity_types": tuple(card["churn_definition"]["activity_types"])})
+        threshold = float(card["threshold"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputError(f"the model card is incomplete or invalid: {exc!r}", file=str(card_path), hint="Re-export the model") from None
+    if not 0.0 <= threshold <= 1.0 or spec.max_len < 1:
+        raise InputError(f"the model card has an invalid threshold {threshold} or max_len {spec.max_len}", file=str(card_path), hint="Re-export the model")
     return LoadedModel(session, card, spec, churn, model_dir)
 
 
 def check_log_matches(model: LoadedModel, log_spec: LogSpec) -> None:
     """Reject a log that lacks inputs the model was trained with."""
+    for src in log_spec.sources:
+        mapped = {role for role, column in src.columns.items() if column}
+        if src.columns.get("quantity") and src.columns.get("unit_price"):
+            mapped.add("amount")
+        missing = sorted(set(model.card.get("input_roles") or []) - mapped)
+        if missing:
+            raise InputError(
+                f"the model was trained with the column roles {missing}, which this data config does not map", file=src.path,
+                hint="Map the same roles under `columns:` as in training (see model.json, input_roles)",
+            )
     if model.spec.item_vocab:
         missing = [s.path for s in log_spec.sources if not s.columns.get("item_id")]
         if missing:
@@ -182,6 +203,15 @@ def predict_frame(model: LoadedModel, features: Features, batch_size: int) -> pd
     """Score ``features``: churn_probability, plus the horizon columns of a hazard model."""
     names = list(model.card.get("output_names") or [OUTPUT_NAME])
     outputs = run_outputs(model.session, features.inputs, batch_size, names)
+    prob = outputs[OUTPUT_NAME]
+    bad = ~np.isfinite(prob) | (prob < 0) | (prob > 1)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise InputError(
+            f"the model returned {int(bad.sum())} probabilities that are not finite or outside [0, 1], e.g. {prob[i]!r} "
+            f"for customer {features.frame['customer_id'].iloc[i]!r}",
+            file=str(model.model_dir), hint="The model file is broken; re-export it from its checkpoint",
+        )
     out = features.frame.copy()
     out.insert(1, "churn_probability", outputs[OUTPUT_NAME])
     extra = horizon_columns(model)
@@ -700,11 +730,31 @@ def write_outputs(scores: pd.DataFrame, out_dir: Path, shard: tuple[int, int] | 
     return {"scores": str(scores_path), "alerts": str(alerts_path)}
 
 
+def parse_as_of(value: Any) -> pd.Timestamp:
+    """Parse the as-of date of a scoring run (a date or ISO date-time string) to UTC."""
+    hint = "Give as_of as YYYY-MM-DD (or an ISO 8601 date-time); customers are scored as of that moment"
+    if value is None or value == "":
+        raise InputError("no as-of date given", hint=hint)
+    if not isinstance(value, str):
+        # Hydra turns as_of=20111209 into an int, which pandas would read as nanoseconds since 1970.
+        raise InputError(f"as_of must be a date string, but got the {type(value).__name__} {value!r}", hint=hint)
+    try:
+        return to_utc(value)
+    except (ValueError, TypeError) as exc:
+        raise InputError(f"cannot parse as_of {value!r}: {exc}", hint=hint) from None
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Run the `seqchurn score` task (load, score, write, summarise) and return the run summary."""
-    if not cfg.get("as_of"):
-        raise InputError("no as-of date given", hint="Add as_of=YYYY-MM-DD (customers are scored as of that moment; later events are ignored)")
-    shard = parse_shard(str(cfg.shard)) if cfg.get("shard") else None
+    as_of = parse_as_of(cfg.get("as_of"))
+    shard = None
+    if cfg.get("shard"):
+        try:
+            shard = parse_shard(str(cfg.shard))
+        except ValueError as exc:
+            raise InputError(str(exc), hint="Use shard=i/n with 0 <= i < n, e.g. shard=0/4") from None
+    if not isinstance(cfg.batch_size, int) or isinstance(cfg.batch_size, bool) or cfg.batch_size < 1:
+        raise InputError(f"Expected `batch_size` to be a positive integer, but got {cfg.batch_size!r}")
     out_dir = Path(hydra.utils.to_absolute_path(cfg.output_dir))
     out_dir.mkdir(parents=True, exist_ok=True)
     config = OmegaConf.to_container(cfg, resolve=True)
@@ -717,7 +767,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             src.path = hydra.utils.to_absolute_path(src.path)
         with summary.stage("score"):
             scores, report, stats = score_log(
-                log_spec, model, cfg.as_of, batch_size=int(cfg.batch_size), shard=shard, stream=cfg.stream,
+                log_spec, model, as_of, batch_size=int(cfg.batch_size), shard=shard, stream=cfg.stream,
                 workers=int(cfg.workers), progress=bool(cfg.progress),
             )
         summary.add_load_report(report)

@@ -59,7 +59,7 @@ def build(cfg: DictConfig) -> tuple[ChurnDataModule, pl.LightningModule]:
     # Stored as "target", not "_target_", so Hydra does not instantiate it a second time.
     net_config["target"] = net_config.pop("_target_")
     model = hydra.utils.instantiate(cfg.model, net=net, net_config=net_config)
-    model.set_pos_weight(torch.as_tensor(dm.labels("train"), dtype=torch.float32))
+    model.set_pos_weight(torch.tensor(np.array(dm.labels("train"), dtype=np.float32)))
     return dm, model
 
 

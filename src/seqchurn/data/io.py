@@ -339,6 +339,9 @@ def _read_csv(src: SourceSpec, needed: list[str]) -> pa.Table:
         table = pacsv.read_csv(src.path, read_options=read_opts, parse_options=parse_opts, convert_options=convert_opts)
     except UnicodeDecodeError as exc:
         raise _decode_error(src, exc) from None
+    except OSError as exc:
+        # e.g. a truncated gzip file: "Truncated compressed stream"
+        raise InputError(f"cannot read the file: {exc}", file=src.path, hint="Check that the file is complete (re-copy or re-compress it)") from None
     except pa.ArrowInvalid as exc:
         text = str(exc)
         if "Empty CSV file" in text:
@@ -627,13 +630,23 @@ def _neighbours(events: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     return earlier, same
 
 
+# Rows of one customer at the same time (the lines of one invoice) are ordered by these
+# columns too, so sequences and scores never depend on the order of rows in the file.
+_TIE_BREAK = ["event_type", "order_id", "item_id", "amount", "quantity"]
+
+
 def _sort_by_customer_time(events: pd.DataFrame) -> pd.DataFrame:
-    """Stable sort by ``(customer_id, ts)`` with a fresh index; skipped when the rows are already sorted."""
+    """Sort by ``(customer_id, ts)`` and the tie-break columns, with a fresh index.
+
+    Skipped when the rows are already in customer and time order with no two rows of a
+    customer at the same time.
+    """
     if len(events) > 1:
         earlier, same = _neighbours(events)
         ts = events["ts"].to_numpy(dtype="datetime64[ns]")
-        if earlier.any() or (same & (ts[1:] < ts[:-1])).any():
-            return events.sort_values(["customer_id", "ts"], kind="stable", ignore_index=True)
+        if earlier.any() or (same & (ts[1:] <= ts[:-1])).any():
+            keys = ["customer_id", "ts", *(c for c in _TIE_BREAK if c in events.columns)]
+            return events.sort_values(keys, kind="stable", ignore_index=True, na_position="last")
     return events.reset_index(drop=True)
 
 

@@ -26,7 +26,7 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray, max_iter: int = 200)
         return loss
 
     opt.step(closure)
-    t = float(log_t.exp())
+    t = float(log_t.detach().exp())
     if not np.isfinite(t) or t <= 0:
         log.warning("temperature fit failed (got %r); using 1.0", t)
         return 1.0

@@ -281,7 +281,6 @@ def test_model_mode_detects_price_shift(trained, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="score.py and conf/score.yaml do not wire ScoreDrift and drift_threshold yet, so the run summary has no drift")
 def test_score_run_summary_reports_drift(trained, tmp_path):
     import subprocess
     import sys

@@ -56,6 +56,8 @@ def test_training_writes_metrics_and_summary(trained):
     assert summary["temperature"] > 0
     assert (ckpt_dir / "best.ckpt").exists()
     assert summary["n_snapshots"]["test"] > 0
+    for key in ("test/auroc", "test/auprc", "test/f1", "test/brier", "test/loss"):
+        assert key in summary["logged_test_metrics"], key
 
 
 def test_export_card_travels_with_the_model(trained):

@@ -467,6 +467,7 @@ def score_log(
     stream: str | bool = "auto",
     workers: int = 1,
     progress: bool = True,
+    drift: Any = None,
 ) -> tuple[pd.DataFrame, LoadReport, ScoreStats]:
     """Score a whole log; return ranked scores, the load report and run statistics.
 
@@ -495,7 +496,7 @@ def score_log(
     if n_workers > 1:
         results = _score_in_processes(partitions, log_spec, model, as_of, shard, batch_size, n_workers)
     else:
-        results = _score_in_threads(log_spec, model, as_of, shard, batch_size, stream_on)
+        results = _score_in_threads(log_spec, model, as_of, shard, batch_size, stream_on, drift)
 
     report, stats, guard, parts = LoadReport(), ScoreStats(), PartitionGuard(), []
     bar = _progress(progress, count_rows(log_spec))
@@ -549,15 +550,23 @@ def _prepared(piece: Piece, log_spec: LogSpec, as_of: pd.Timestamp, shard: tuple
 
 
 def _score_in_threads(
-    log_spec: LogSpec, model: LoadedModel, as_of: pd.Timestamp, shard: tuple[int, int] | None, batch_size: int, stream: bool
+    log_spec: LogSpec, model: LoadedModel, as_of: pd.Timestamp, shard: tuple[int, int] | None, batch_size: int, stream: bool,
+    drift: Any = None,
 ) -> Iterator[PieceResult]:
-    """Score piece by piece in this process: a reader thread reads ahead, an inference thread runs behind."""
+    """Score piece by piece in this process: a reader thread reads ahead, an inference thread runs behind.
+
+    ``drift`` (a :class:`seqchurn.drift.ScoreDrift`) receives every piece's inputs and scores.
+    """
 
     def infer(features: Features) -> tuple[pd.DataFrame, float]:
         t0 = time.perf_counter()
         if features.frame.empty:
             return _empty_scores(), 0.0
-        return predict_frame(model, features, batch_size), time.perf_counter() - t0
+        scored = predict_frame(model, features, batch_size)
+        if drift is not None:
+            # One inference thread runs the pieces in turn, so the counts need no lock.
+            drift.update(features.inputs, scored["churn_probability"].to_numpy())
+        return scored, time.perf_counter() - t0
 
     def finish(pending: tuple[Future, PieceResult]) -> PieceResult:
         future, result = pending
@@ -675,9 +684,9 @@ def _score_in_processes(
 def score_drift_summary(model: LoadedModel, scores: pd.DataFrame, threshold: float) -> list[dict[str, Any]] | None:
     """PSI of this run's score distribution against the validation scores stored at export.
 
-    NOTE: only the score distribution is compared here; per-feature PSI of the model inputs
-    is available with `seqchurn drift --model-dir`, because the inputs of worker processes
-    are not kept.
+    NOTE: runs that score partitions in worker processes (workers > 1) compare only the
+    score distribution, because the workers' model inputs are not sent back; per-feature
+    PSI for such a log is available with `seqchurn drift --model-dir`.
     """
     from seqchurn.drift import psi_from_reference
 
@@ -765,10 +774,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         log_spec = LogSpec.from_config(cfg.data)
         for src in log_spec.sources:
             src.path = hydra.utils.to_absolute_path(src.path)
+        from seqchurn.drift import ScoreDrift
+
+        drift_threshold = float(cfg.get("drift_threshold") or 0.2)
+        drift = ScoreDrift.from_card(model.card, threshold=drift_threshold)
         with summary.stage("score"):
             scores, report, stats = score_log(
                 log_spec, model, as_of, batch_size=int(cfg.batch_size), shard=shard, stream=cfg.stream,
-                workers=int(cfg.workers), progress=bool(cfg.progress),
+                workers=int(cfg.workers), progress=bool(cfg.progress), drift=drift,
             )
         summary.add_load_report(report)
         with summary.stage("write"):
@@ -781,7 +794,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             )
         elif n_alerts == 0:
             log.warning("no customer reaches the alert threshold %.3f: alerts.csv is empty", model.threshold)
-        summary.drift = score_drift_summary(model, scores, float(cfg.get("drift_threshold") or 0.2))
+        if drift is not None and drift.n_rows:
+            drift_report = drift.compute()
+            summary.drift = drift_report["features"]
+            summary.details["drift"] = {key: drift_report[key] for key in ("threshold", "drifted", "warnings")}
+        else:
+            summary.drift = score_drift_summary(model, scores, drift_threshold)
         if cfg.get("alerts") is not None and cfg.alerts.get("enabled", True):
             from seqchurn.alerts.cli import run_alerts
 

@@ -136,6 +136,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if trainer.fast_dev_run:
         log.info("fast_dev_run: skipping calibration, test and summary")
         return {}
+    logged_test: dict[str, float] = {}
+    if trainer.checkpoint_callback and trainer.checkpoint_callback.best_model_path:
+        # Logs test/{loss,auroc,auprc,f1,brier} of the best checkpoint (uncalibrated, 0.5 for F1);
+        # the calibrated test metrics at the chosen threshold are computed below.
+        results = trainer.test(model, datamodule=dm, ckpt_path="best", verbose=False, weights_only=False)
+        logged_test = {k: float(v) for k, v in (results[0] if results else {}).items()}
     if not trainer.is_global_zero:
         # Under DDP only rank 0 calibrates, tests and writes the summary.
         return {}
@@ -196,6 +202,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "threshold_strategy": OmegaConf.to_container(th, resolve=True),
         "val_metrics": binary_report(val_y, val_prob),
         "test_metrics": test_metrics,
+        "logged_test_metrics": logged_test,
         "baseline_recency_test_metrics": baseline,
         "n_snapshots": {s: int(len(dm.labels(s))) for s in ("train", "val", "test")},
         "seed": cfg.seed,
@@ -223,6 +230,7 @@ def _log_result(summary: dict, ckpt_dir: Path) -> None:
         summary["model_name"], m["average_precision"], m["auroc"], m["brier"], b["average_precision"], b["auroc"], summary["threshold"],
     )
     log.info("checkpoint and summary in %s; export with: seqchurn export ckpt_dir=%s", ckpt_dir, ckpt_dir)
+    log.info("report: seqchurn report --model-dir %s", ckpt_dir)
 
 
 def train_with_run_summary(cfg: DictConfig) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -324,3 +325,12 @@ def test_serve_command_starts_and_responds(trained, tmp_path):
         process.wait(timeout=20)
         output = process.stdout.read()
     assert KEYS[0] not in output
+
+
+def test_nan_amount_is_422_not_500(client, trained):
+    customers = customers_payload(trained.events, trained.events["customer_id"].unique()[:1])
+    body = json.dumps({"customers": customers}).replace('"amount": ', '"amount": NaN, "_x": ', 1)
+    response = client.post("/v1/score", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 422, response.text
+    assert any("amount" in error["loc"] for error in response.json()["detail"])
+    assert client.get("/healthz").status_code == 200

@@ -452,6 +452,16 @@ def create_app(model_dir: str | Path | None = None, *, settings: ServeSettings |
     app.state.store = store
     app.state.metrics = metrics
 
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
+        """422 naming each invalid field, without echoing the input back.
+
+        FastAPI's default handler echoes the rejected value, and a NaN or Infinity there
+        cannot be written as JSON, which turned a 422 into a 500.
+        """
+        errors = [{"type": e.get("type"), "loc": list(e.get("loc", ())), "msg": e.get("msg")} for e in exc.errors()]
+        return Response(json.dumps({"detail": errors}, default=str), status_code=422, media_type="application/json")
+
     api_key = APIKeyHeader(name=API_KEY_HEADER, auto_error=False, description="one of the keys the server was started with")
 
     def require_key(key: str | None = Security(api_key)) -> None:

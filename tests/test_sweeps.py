@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -239,3 +241,20 @@ def test_failed_trial_does_not_stop_sweep(tmp_path: Path, retail_slice: Path) ->
 
     summaries = trial_summaries(only_sweep_dir(tmp_path))
     assert sorted(summaries) == [1]
+
+
+@pytest.mark.slow
+def test_process_launcher_runs_each_trial_in_own_process(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "seqchurn.cli", "train", "-m", "hydra/launcher=process", "debug=fdr", "model.net.hidden_size=8,16", f"paths.log_dir={tmp_path}"],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    logs = sorted(tmp_path.rglob("*_log.out"))
+    assert len(logs) == 2
+    pids = set()
+    for path in logs:
+        text = path.read_text()
+        assert "fast_dev_run: skipping" in text
+        pids.add(path.parent.name)  # submitit names each job's folder after its process id
+    assert len(pids) == 2

@@ -12,12 +12,13 @@ from seqchurn.data.schema import COLUMNS, EVENT_TYPE_DTYPE, InputError, LoadRepo
 
 
 def reference_finalise(parts: list[pd.DataFrame], report: LoadReport) -> pd.DataFrame:
-    """The straightforward version: drop duplicates (first kept), sort, mark cancelled orders."""
+    """The straightforward version: drop duplicates (first kept), sort with the tie-break, mark cancelled orders."""
     events = pd.concat(parts, ignore_index=True)
     before = len(events)
     events = events.drop_duplicates(subset=list(COLUMNS[:-1]), keep="first")
     report.drop("exact_duplicate", before - len(events))
-    events = events.drop(columns=[_ROW]).sort_values(["customer_id", "ts"], kind="stable", ignore_index=True)
+    keys = ["customer_id", "ts", "event_type", "order_id", "item_id", "amount", "quantity"]
+    events = events.drop(columns=[_ROW]).sort_values(keys, kind="stable", ignore_index=True, na_position="last")
     events["cancelled_at"] = cancelled_order_times(events)
     return events
 

@@ -192,3 +192,12 @@ def test_broken_model_outputs_are_refused(trained, monkeypatch):
     model.session = NanSession()
     with pytest.raises(InputError, match="not finite or outside"):
         score_log(LogSpec.from_config(cfg.data), model, "2011-12-09", progress=False)
+
+
+@pytest.mark.parametrize("override", ["model=nope", "no_such_key=1"])
+def test_cli_bad_override_exits_2(tmp_path, override):
+    result = subprocess.run(
+        [sys.executable, "-m", "seqchurn.cli", "train", override, f"hydra.run.dir={tmp_path}"], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "invalid override" in result.stderr

@@ -44,6 +44,29 @@ steps:
 """
 
 
+def check_overrides(step: str, args: list[str]) -> str | None:
+    """Compose a Hydra step's config with ``args``; return the error for bad overrides, else None.
+
+    Hydra itself exits 1 for an unknown key or group option, which is bad input (exit 2).
+    Sweeps (-m) and Hydra's own flags are left to Hydra.
+    """
+    if any(a.startswith("-") for a in args):
+        return None
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from seqchurn.conf_utils import CONFIG_DIR, register_resolvers
+
+    register_resolvers()
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            compose(config_name=step, overrides=args, return_hydra_config=True)
+    except (HydraException, OmegaConfBaseException) as exc:
+        return f"invalid override for `seqchurn {step}`: {exc}"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -53,6 +76,11 @@ def main(argv: list[str] | None = None) -> int:
     if step not in STEPS:
         print(f"seqchurn: unknown step {step!r}\n\n{USAGE}", file=sys.stderr)
         return 2
+    if step not in ARGV_STEPS:
+        error = check_overrides(step, rest)
+        if error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
     module = importlib.import_module(STEPS[step])
     if step in ARGV_STEPS:
         return int(module.main(rest) or 0)

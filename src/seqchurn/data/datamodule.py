@@ -41,12 +41,13 @@ class SequenceDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         a = self.arrays
+        # np.array copies the row: cached arrays are read-only memory maps, which torch warns about.
         return {
-            "event_type": torch.from_numpy(np.asarray(a.event_type[i])),
-            "item": torch.from_numpy(np.asarray(a.item[i])),
-            "numeric": torch.from_numpy(np.asarray(a.numeric[i])),
-            "mask": torch.from_numpy(np.asarray(a.mask[i])),
-            "static": torch.from_numpy(np.asarray(a.static[i])),
+            "event_type": torch.from_numpy(np.array(a.event_type[i])),
+            "item": torch.from_numpy(np.array(a.item[i])),
+            "numeric": torch.from_numpy(np.array(a.numeric[i])),
+            "mask": torch.from_numpy(np.array(a.mask[i])),
+            "static": torch.from_numpy(np.array(a.static[i])),
             "label": torch.tensor(self.labels[i]),
             **(
                 {"time_days": torch.tensor(self.time_days[i]), "observed": torch.tensor(self.observed[i])}

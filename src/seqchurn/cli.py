@@ -50,7 +50,9 @@ def check_overrides(step: str, args: list[str]) -> str | None:
     Hydra itself exits 1 for an unknown key or group option, which is bad input (exit 2).
     Sweeps (-m) and Hydra's own flags are left to Hydra.
     """
-    if any(a.startswith("-") for a in args):
+    sweep_like = ("," in a or "(" in a or a.startswith(("hparams_search", "hydra.mode")) for a in args)
+    if any(a.startswith("-") for a in args) or any(sweep_like):
+        # Sweep syntax (a,b / range(...)) composes only under Hydra's multirun.
         return None
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException

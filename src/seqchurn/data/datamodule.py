@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -212,18 +213,32 @@ class ChurnDataModule(pl.LightningDataModule):
             self._write_cache(cache)
 
     def _write_cache(self, cache: Path) -> None:
-        tmp = cache.with_name(cache.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        for split, arrays in self.arrays.items():
-            for name in _ARRAYS:
-                np.save(tmp / f"{split}_{name}.npy", getattr(arrays, name))
-        self.snapshots.to_parquet(tmp / "snapshots.parquet")
-        meta = {"spec": self.spec.to_dict(), "load_report": self.load_report.to_dict() if self.load_report else None}
-        (tmp / "meta.json").write_text(json.dumps(meta))
-        (tmp / "done").write_text("ok")
-        shutil.rmtree(cache, ignore_errors=True)
-        tmp.rename(cache)  # a half-written cache never carries the "done" marker under its final name
+        """Write the arrays under a private temporary name, then rename it into place.
+
+        Parallel sweep trials may build the same entry at once: each writes its own folder,
+        the first rename wins and the others discard theirs. A half-written cache never
+        carries the "done" marker under its final name.
+        """
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=cache.name + ".tmp-", dir=cache.parent))
+        try:
+            for split, arrays in self.arrays.items():
+                for name in _ARRAYS:
+                    np.save(tmp / f"{split}_{name}.npy", getattr(arrays, name))
+            self.snapshots.to_parquet(tmp / "snapshots.parquet")
+            meta = {"spec": self.spec.to_dict(), "load_report": self.load_report.to_dict() if self.load_report else None}
+            (tmp / "meta.json").write_text(json.dumps(meta))
+            (tmp / "done").write_text("ok")
+            if cache.exists() and not (cache / "done").exists():
+                shutil.rmtree(cache, ignore_errors=True)  # left by a crashed run
+            try:
+                tmp.rename(cache)
+            except OSError:
+                if not (cache / "done").exists():
+                    raise
+                log.info("another process wrote the sequence cache %s first; using it", cache)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
     def _load_cache(self, cache: Path) -> None:
         meta = json.loads((cache / "meta.json").read_text())

@@ -3,12 +3,12 @@
     python scripts/benchmark_quality.py                       # online_retail and taobao, 3 seeds
     python scripts/benchmark_quality.py --data my_log         # conf/data/my_log.yaml
     python scripts/benchmark_quality.py --data path/to/my_log.yaml --models gru lightgbm
-    python scripts/benchmark_quality.py --quick               # a slice, 1 seed, a few batches
+    python scripts/benchmark_quality.py --quick               # 10 % of customers, 1 seed, a few batches
 
 Baselines (recency, logreg, lightgbm, bgnbd, paretonbd) and sequence models (gru,
 transformer) are fitted on the same training snapshots and scored once on the same test
-snapshots; see seqchurn.benchmark_quality. The taobao config reads its file from the
-folder named by SEQCHURN_SHARED_DATA (see conf/data/taobao.yaml).
+snapshots. seqchurn.benchmark_quality describes the protocol. The taobao config reads its
+file from the folder named by SEQCHURN_SHARED_DATA (see conf/data/taobao.yaml).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shlex
 import sys
 import tempfile
@@ -79,10 +80,14 @@ def main(argv: list[str] | None = None) -> int:
 
     work_dir = args.work_dir or Path(tempfile.mkdtemp(prefix="seqchurn_benchmark_"))
     work_dir.mkdir(parents=True, exist_ok=True)
-    seeds = args.seeds if args.seeds is not None else (1 if args.quick else 3)
+    seeds = args.seeds
+    if seeds is None:
+        seeds = 1 if args.quick else 3
     if seeds < 1:
         raise SystemExit(f"--seeds must be at least 1, got {seeds}")
-    sample_fraction = args.sample_fraction if args.sample_fraction is not None else (0.1 if args.quick else 1.0)
+    sample_fraction = args.sample_fraction
+    if sample_fraction is None:
+        sample_fraction = 0.1 if args.quick else 1.0
     options = BenchmarkOptions(
         work_dir=work_dir,
         seeds=tuple(range(seeds)),
@@ -97,11 +102,12 @@ def main(argv: list[str] | None = None) -> int:
     log.info("work dir %s; page %s", work_dir, output)
     load_at_start = load_average()
 
-    results, notes = [], []
+    results, notes, intervals = [], [], {}
     for data in args.data:
-        runs_of_data, notes_of_data = benchmark_dataset(data, options)
-        results.extend(runs_of_data)
-        notes.extend(notes_of_data)
+        measured = benchmark_dataset(data, options)
+        results.extend(measured.results)
+        notes.extend(measured.notes)
+        intervals[measured.name] = measured.intervals
         # Written after every dataset, so a later failure keeps the finished runs.
         runs = results_frame(results)
         runs.to_csv(work_dir / "runs.csv", index=False)
@@ -112,7 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     (work_dir / "environment.json").write_text(json.dumps(env, indent=2))
     arguments = sys.argv[1:] if argv is None else argv
     command = shlex.join(["python", "scripts/benchmark_quality.py", *arguments])
-    write_page(output, render_results(summary, env, command, options.seeds, notes, load_at_start))
+    if os.environ.get("SEQCHURN_SHARED_DATA"):
+        command = f"SEQCHURN_SHARED_DATA={shlex.quote(os.environ['SEQCHURN_SHARED_DATA'])} {command}"
+    write_page(output, render_results(summary, env, command, options.seeds, notes, load_at_start, intervals))
     log.info("wrote %s (runs in %s)", output, work_dir / "runs.csv")
     print(output)
     return 0

@@ -16,14 +16,17 @@ from seqchurn.benchmark_quality import (
     BEGIN_MARK,
     END_MARK,
     BenchmarkData,
+    RunResult,
     check_same_snapshots,
+    comparison_intervals,
     comparison_lines,
+    paired_bootstrap_interval,
     resolve_data_config,
     summarise,
     write_page,
 )
 from seqchurn.conf_utils import CONFIG_DIR, REPO_ROOT
-from seqchurn.metrics import binary_report
+from seqchurn.metrics import average_precision, binary_report
 
 
 def load_script():
@@ -126,6 +129,54 @@ def test_comparison_names_loser_and_gap():
     assert lines[0].startswith("- d, test PR-AUC: seqchurn loses by -0.0300 (gru ensemble 0.7200 vs lightgbm 0.7500)")
     assert "best single model gru 0.7000 (-0.0500)" in lines[0]
     assert lines[1].startswith("- d, test AUROC: seqchurn wins by +0.0200")
+
+
+def test_comparison_shows_interval():
+    rows = [
+        {"dataset": "d", "model": "gru", "seed": 0, "test_average_precision": 0.80, "test_auroc": 0.70},
+        {"dataset": "d", "model": "bgnbd", "seed": None, "test_average_precision": 0.75, "test_auroc": 0.72},
+    ]
+    lines = comparison_lines(summarise(pd.DataFrame(rows)), {"d": {"PR-AUC": (0.01, 0.09)}})
+    assert lines[0] == "- d, test PR-AUC: seqchurn wins by +0.0500 (gru 0.8000 vs bgnbd 0.7500; 95 % paired bootstrap interval of the gap +0.0100 .. +0.0900)."
+    assert "interval" not in lines[1]
+
+
+def test_bootstrap_interval_identical_models_is_zero():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 300)
+    prob = rng.random(300)
+    assert paired_bootstrap_interval(y, prob, prob, average_precision, n_resamples=200) == (0.0, 0.0)
+
+
+def test_bootstrap_interval_brackets_gap():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 2000)
+    good = np.clip(0.5 * y + 0.5 * rng.random(2000), 0, 1)
+    noise = rng.random(2000)
+    low, high = paired_bootstrap_interval(y, good, noise, average_precision, n_resamples=300)
+    gap = average_precision(y, good) - average_precision(y, noise)
+    assert 0 < low < gap < high
+    # Swapping the models mirrors the interval.
+    low_swapped, high_swapped = paired_bootstrap_interval(y, noise, good, average_precision, n_resamples=300)
+    assert low_swapped == pytest.approx(-high)
+    assert high_swapped == pytest.approx(-low)
+
+
+def test_comparison_intervals_pool_seeds():
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 2, 400)
+    report = binary_report(y, np.full(400, 0.5))
+
+    def run(model, seed, prob):
+        return RunResult("d", model, seed, report, binary_report(y, prob), 1.0, 0.1, prob, prob)
+
+    strong = [np.clip(0.6 * y + 0.4 * rng.random(400), 0, 1) for _ in range(2)]
+    results = [run("gru", 0, strong[0]), run("gru", 1, strong[1]), run("recency", None, rng.random(400))]
+    intervals = comparison_intervals(results, y)
+    assert set(intervals) == {"PR-AUC", "AUROC"}
+    pooled = np.mean(strong, axis=0)
+    expected = paired_bootstrap_interval(y, pooled, results[2].test_prob, average_precision)
+    assert intervals["PR-AUC"] == pytest.approx(expected)
 
 
 def test_check_same_snapshots_rejects_changed_label():

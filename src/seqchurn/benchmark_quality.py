@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import scipy.stats
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
@@ -37,9 +38,9 @@ from seqchurn.baselines import BASELINES, Baseline, make_baseline
 from seqchurn.conf_utils import CONFIG_DIR, REPO_ROOT, register_resolvers
 from seqchurn.data.datamodule import ChurnDataModule, sample_customers
 from seqchurn.data.io import load_events
-from seqchurn.data.labels import plan_splits
+from seqchurn.data.labels import make_split_snapshots, plan_splits
 from seqchurn.data.sequences import build_arrays, collapse_orders
-from seqchurn.metrics import binary_report
+from seqchurn.metrics import auroc, average_precision, binary_report
 
 log = logging.getLogger(__name__)
 register_resolvers()
@@ -66,7 +67,7 @@ QUICK_SEQUENCE_OVERRIDES: tuple[str, ...] = (
 
 @dataclass
 class BenchmarkOptions:
-    """What to run and where to put the intermediate files."""
+    """Models, seeds and overrides of a benchmark run, and the folder for its intermediate files."""
 
     work_dir: Path
     """Checkpoints, sequence caches and run outputs of the sequence models."""
@@ -135,7 +136,7 @@ def resolve_data_config(data: str, work_dir: Path) -> tuple[str, list[str]]:
 
 
 def experiment_name(data_name: str, model: str) -> str | None:
-    """Return ``quality/<data>_<model>`` when conf/experiment holds that file, else None."""
+    """Return ``quality/<data>_<model>`` when conf/experiment contains that file, else None."""
     name = f"quality/{data_name}_{model}"
     return name if (CONFIG_DIR / "experiment" / f"{name}.yaml").is_file() else None
 
@@ -163,7 +164,7 @@ def _base_overrides(data_name: str, search_path: list[str], options: BenchmarkOp
 
 
 def sequence_config(model: str, seed: int, data_name: str, search_path: list[str], options: BenchmarkOptions) -> DictConfig:
-    """The training config of one sequence-model run: its own run name and checkpoint folder."""
+    """Compose the training config of one sequence-model run, with its own run name and checkpoint folder."""
     work = options.work_dir.resolve()
     experiment = experiment_name(data_name, model) if options.use_experiments else None
     run_name = f"{data_name}_{model}_seed{seed}"
@@ -219,8 +220,6 @@ def load_benchmark_data(cfg: DictConfig) -> BenchmarkData:
         train_every_days=float(split.get("train_every_days", 30)),
         churn=dm.churn,
     )
-    from seqchurn.data.labels import make_split_snapshots
-
     rebuilt = make_split_snapshots(events, plan, dm.churn)
     check_same_snapshots(dm.snapshots, rebuilt)
     return BenchmarkData(str(cfg.data.name), dm.snapshots.reset_index(drop=True), events, dm.churn)
@@ -326,10 +325,12 @@ def run_sequence_model(cfg: DictConfig, data: BenchmarkData, build_seconds: floa
     began = time.perf_counter()
     events = collapse_orders(data.events) if dm.spec.collapse_orders else data.events
     arrays = build_arrays(events, test_rows, dm.spec)
-    test_prob = 1 / (1 + np.exp(-predict_logits(net, arrays).astype(np.float64) / temperature))
+    # float32 as in train(): rounding to float64 first can split scores that train() saw as
+    # tied, which changes the test metrics slightly.
+    test_prob = 1 / (1 + np.exp(-predict_logits(net, arrays) / temperature))
     score_seconds = time.perf_counter() - began
 
-    val_prob = 1 / (1 + np.exp(-predict_logits(net, dm.arrays["val"]).astype(np.float64) / temperature))
+    val_prob = 1 / (1 + np.exp(-predict_logits(net, dm.arrays["val"]) / temperature))
     test_report = binary_report(test_rows["label"].to_numpy(), test_prob)
     reported = summary["test_metrics"]["average_precision"]
     if not np.isclose(test_report["average_precision"], reported, atol=1e-5):
@@ -360,22 +361,33 @@ def available_models(models: Sequence[str]) -> list[str]:
     unknown = [m for m in models if m not in ALL_MODELS]
     if unknown:
         raise ValueError(f"Unknown model(s) {unknown}; expected names from {list(ALL_MODELS)}")
-    kept = []
+    available = []
     for model in models:
         if model in SEQUENCE_MODELS and not (CONFIG_DIR / "model" / f"{model}.yaml").is_file():
             log.warning("skipping %s: %s does not exist", model, CONFIG_DIR / "model" / f"{model}.yaml")
             continue
-        kept.append(model)
-    return kept
+        available.append(model)
+    return available
 
 
-def benchmark_dataset(data: str, options: BenchmarkOptions) -> tuple[list[RunResult], list[str]]:
+@dataclass
+class DatasetBenchmark:
+    """Everything measured on one data config."""
+
+    name: str
+    results: list[RunResult]
+    notes: list[str]
+    """One per baseline fitted with a fallback setting and one per baseline left out."""
+    intervals: dict[str, tuple[float, float]]
+    """Bootstrap interval of the test gap between seqchurn and the best baseline, per metric label."""
+
+
+def benchmark_dataset(data: str, options: BenchmarkOptions) -> DatasetBenchmark:
     """Run every model of ``options`` on data config ``data``.
 
-    Returns one result per run and notes for the page: one per baseline fitted with a
-    fallback setting, and one per baseline that raised ``ValueError`` (a fit that does not
-    converge on this log, for example). Such a baseline is logged and left out instead of
-    stopping the benchmark. Errors of the sequence models are not caught.
+    A baseline that raises ``ValueError`` (a fit that does not converge on this log, for
+    example) is logged and left out with a note instead of stopping the benchmark. Errors
+    of the sequence models are not caught.
     """
     data_name, search_path = resolve_data_config(data, options.work_dir)
     base = compose_train_config(_base_overrides(data_name, search_path, options))
@@ -410,7 +422,8 @@ def benchmark_dataset(data: str, options: BenchmarkOptions) -> tuple[list[RunRes
                 if result.note and result.note not in notes:
                     notes.append(result.note)
                 _log_run(result)
-    return results, notes
+    intervals = comparison_intervals(results, bench.split("test")["label"].to_numpy()) if results else {}
+    return DatasetBenchmark(bench.name, results, notes, intervals)
 
 
 def _log_run(run: RunResult) -> None:
@@ -425,7 +438,7 @@ def _log_run(run: RunResult) -> None:
 
 
 def results_frame(results: Sequence[RunResult]) -> pd.DataFrame:
-    """One row per run: validation and test metrics, times."""
+    """Return one row per run: validation and test metrics, times."""
     return pd.DataFrame([r.to_row() for r in results])
 
 
@@ -465,7 +478,7 @@ def _cell(row: pd.Series, column: str, digits: int) -> str:
 
 
 def markdown_table(summary: pd.DataFrame, dataset: str) -> str:
-    """The summary rows of ``dataset`` as a Markdown table (test metrics unless marked val)."""
+    """Format the summary rows of ``dataset`` as a Markdown table (test metrics unless marked val)."""
     rows = summary[summary["dataset"] == dataset]
     head = "| model | runs | " + " | ".join(name for name, _, _ in _COLUMNS) + " |"
     rule = "| --- | ---: | " + " | ".join("---:" for _ in _COLUMNS) + " |"
@@ -476,27 +489,84 @@ def markdown_table(summary: pd.DataFrame, dataset: str) -> str:
     return "\n".join(lines)
 
 
-def comparison_lines(summary: pd.DataFrame, metrics: Sequence[tuple[str, str]] = (("PR-AUC", "test_average_precision"), ("AUROC", "test_auroc"))) -> list[str]:
-    """One sentence per dataset and metric: best seqchurn row against the best baseline (means)."""
+_COMPARED: tuple[tuple[str, str, Any], ...] = (("PR-AUC", "average_precision", average_precision), ("AUROC", "auroc", auroc))
+
+
+def best_rows(rows: pd.DataFrame, column: str) -> tuple[pd.Series, pd.Series, pd.Series] | None:
+    """Return the best seqchurn row, the best baseline row and the best single seqchurn model by mean ``column``.
+
+    ``rows`` are the summary rows of one dataset; None when either side has no row.
+    """
+    ours = rows[rows["model"].map(is_seqchurn)]
+    theirs = rows[~rows["model"].map(is_seqchurn)]
+    if ours.empty or theirs.empty:
+        return None
+    singles = ours[~ours["model"].str.endswith(ENSEMBLE_SUFFIX)]
+    best_single = singles.loc[singles[f"{column}_mean"].idxmax()] if not singles.empty else ours.loc[ours[f"{column}_mean"].idxmax()]
+    return ours.loc[ours[f"{column}_mean"].idxmax()], theirs.loc[theirs[f"{column}_mean"].idxmax()], best_single
+
+
+def paired_bootstrap_interval(
+    y_true: np.ndarray, prob_a: np.ndarray, prob_b: np.ndarray, metric, *, n_resamples: int = 1000, confidence: float = 0.95, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``metric(y, prob_a) - metric(y, prob_b)``, resampling snapshots in pairs."""
+
+    def difference(y, a, b):
+        return metric(y, a) - metric(y, b)
+
+    result = scipy.stats.bootstrap(
+        (y_true, prob_a, prob_b), difference, paired=True, vectorized=False, n_resamples=n_resamples,
+        confidence_level=confidence, method="percentile", rng=np.random.default_rng(seed),
+    )
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
+
+
+def pooled_test_probabilities(results: Sequence[RunResult], model: str) -> np.ndarray:
+    """Return the test probabilities of ``model``: one run's, or the mean over its seeds."""
+    return np.mean([r.test_prob for r in results if r.model == model], axis=0)
+
+
+def comparison_intervals(results: Sequence[RunResult], test_labels: np.ndarray) -> dict[str, tuple[float, float]]:
+    """Bootstrap the test gap between the best seqchurn row and the best baseline, per compared metric.
+
+    ``results`` belong to one dataset. The rows are picked as in :func:`comparison_lines`;
+    a seeded model without an ensemble row enters with its seed-averaged probabilities.
+    """
+    summary = summarise(results_frame(results))
+    intervals = {}
+    for label, key, metric in _COMPARED:
+        best = best_rows(summary, f"test_{key}")
+        if best is None:
+            continue
+        ours, theirs, _ = best
+        intervals[label] = paired_bootstrap_interval(
+            test_labels, pooled_test_probabilities(results, ours["model"]), pooled_test_probabilities(results, theirs["model"]), metric
+        )
+    return intervals
+
+
+def comparison_lines(summary: pd.DataFrame, intervals: dict[str, dict[str, tuple[float, float]]] | None = None) -> list[str]:
+    """Compare the best seqchurn row with the best baseline (means), one sentence per dataset and metric.
+
+    ``intervals[dataset][metric label]`` is the bootstrap interval of the gap, when known.
+    """
     lines = []
     for dataset, rows in summary.groupby("dataset", sort=False):
-        ours = rows[rows["model"].map(is_seqchurn)]
-        theirs = rows[~rows["model"].map(is_seqchurn)]
-        if ours.empty or theirs.empty:
-            continue
-        for label, column in metrics:
-            best_ours = ours.loc[ours[f"{column}_mean"].idxmax()]
-            best_single = ours[~ours["model"].str.endswith(ENSEMBLE_SUFFIX)]
-            best_theirs = theirs.loc[theirs[f"{column}_mean"].idxmax()]
-            gap = best_ours[f"{column}_mean"] - best_theirs[f"{column}_mean"]
+        for label, key, _ in _COMPARED:
+            best = best_rows(rows, f"test_{key}")
+            if best is None:
+                continue
+            ours, theirs, single = best
+            column = f"test_{key}_mean"
+            gap = ours[column] - theirs[column]
             verdict = "wins" if gap > 0 else "loses"
-            line = (
-                f"- {dataset}, test {label}: seqchurn {verdict} by {gap:+.4f} "
-                f"({best_ours['model']} {best_ours[f'{column}_mean']:.4f} vs {best_theirs['model']} {best_theirs[f'{column}_mean']:.4f})"
-            )
-            if not best_single.empty and best_single.iloc[0]["model"] != best_ours["model"]:
-                single = best_single.loc[best_single[f"{column}_mean"].idxmax()]
-                line += f"; best single model {single['model']} {single[f'{column}_mean']:.4f} ({single[f'{column}_mean'] - best_theirs[f'{column}_mean']:+.4f})"
+            line = f"- {dataset}, test {label}: seqchurn {verdict} by {gap:+.4f} ({ours['model']} {ours[column]:.4f} vs {theirs['model']} {theirs[column]:.4f}"
+            interval = (intervals or {}).get(dataset, {}).get(label)
+            if interval is not None:
+                line += f"; 95 % paired bootstrap interval of the gap {interval[0]:+.4f} .. {interval[1]:+.4f}"
+            line += ")"
+            if single["model"] != ours["model"]:
+                line += f"; best single model {single['model']} {single[column]:.4f} ({single[column] - theirs[column]:+.4f})"
             lines.append(line + ".")
     return lines
 
@@ -505,7 +575,7 @@ def comparison_lines(summary: pd.DataFrame, metrics: Sequence[tuple[str, str]] =
 
 
 def cpu_model() -> str:
-    """The CPU model name from /proc/cpuinfo, or ``platform.processor()`` elsewhere."""
+    """Return the CPU model name from /proc/cpuinfo, or ``platform.processor()`` elsewhere."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -516,7 +586,7 @@ def cpu_model() -> str:
 
 
 def git_revision() -> str:
-    """Short commit of the repository, with ``+changes`` when the working tree differs from it."""
+    """Return the short commit of the repository, with ``+changes`` when tracked files differ from it."""
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10, check=True).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10, check=True).stdout.strip()
@@ -526,7 +596,7 @@ def git_revision() -> str:
 
 
 def environment() -> dict[str, str]:
-    """Machine, library versions and date of a benchmark run."""
+    """Collect the machine, library versions and date of a benchmark run."""
     packages = ("seqchurn", "torch", "pytorch-lightning", "lightgbm", "scikit-learn", "numpy", "pandas")
     versions = {}
     for package in packages:
@@ -554,7 +624,7 @@ END_MARK = "<!-- benchmark_quality: generated section ends -->"
 
 
 def load_average() -> str:
-    """The 1, 5 and 15 minute load averages, or "unknown" where the OS has none."""
+    """Return the 1, 5 and 15 minute load averages, or "unknown" where the OS has none."""
     try:
         return ", ".join(f"{value:.1f}" for value in os.getloadavg())
     except OSError:
@@ -562,9 +632,15 @@ def load_average() -> str:
 
 
 def render_results(
-    summary: pd.DataFrame, env: dict[str, str], command: str, seeds: Sequence[int], notes: Sequence[str] = (), load_at_start: str = "unknown"
+    summary: pd.DataFrame,
+    env: dict[str, str],
+    command: str,
+    seeds: Sequence[int],
+    notes: Sequence[str] = (),
+    load_at_start: str = "unknown",
+    intervals: dict[str, dict[str, tuple[float, float]]] | None = None,
 ) -> str:
-    """The generated part of docs/benchmarks.md: command, machine, one table per dataset, notes."""
+    """Render the generated part of docs/benchmarks.md: command, machine, one table per dataset, notes."""
     lines = [
         BEGIN_MARK,
         "## Results",
@@ -581,9 +657,12 @@ def render_results(
         "Train seconds include the features or sequence arrays of every split; score seconds cover the test "
         "split from the event log (features, or collapsing orders and building sequences, then the forward pass).",
         "",
-        "Where seqchurn stands against the best baseline (means over seeds):",
+        "Where seqchurn stands against the best baseline (means over seeds). The interval resamples the test "
+        "snapshots 1,000 times with both models' probabilities (a seeded model without an ensemble row enters "
+        "with its seed-averaged probabilities); an interval that contains 0 means that this test set cannot "
+        "separate the two.",
         "",
-        *comparison_lines(summary),
+        *comparison_lines(summary, intervals),
         "",
     ]
     for dataset in summary["dataset"].unique():

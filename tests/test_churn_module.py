@@ -5,8 +5,11 @@ from __future__ import annotations
 import functools
 import math
 
+import numpy as np
+import pytorch_lightning as pl
 import torch
 
+from seqchurn.data.datamodule import LengthBucketBatchSampler
 from seqchurn.models.churn_module import ChurnLitModule
 from seqchurn.models.components.gru import GRUEncoder
 
@@ -54,3 +57,43 @@ def test_auto_positive_weight_is_negatives_over_positives():
     module = make_module()
     module.set_pos_weight(torch.tensor([1.0, 0.0, 0.0, 0.0]))
     assert module.pos_weight_value == 3.0
+
+
+class RecordingBucketSampler(LengthBucketBatchSampler):
+    """Length-bucket sampler that records the epoch of every pass."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.passes: list[int] = []
+
+    def __iter__(self):
+        self.passes.append(self.epoch)
+        return super().__iter__()
+
+
+def test_training_epoch_sets_sampler_epoch(tmp_path):
+    n = 24
+    rows = [{key: value[0] for key, value in batch([float(i % 2)]).items()} for i in range(n)]
+    sampler = RecordingBucketSampler(np.full(n, 4), batch_size=8, shuffle=True, seed=3)
+    loader = torch.utils.data.DataLoader(rows, batch_sampler=sampler)
+    sampler.epoch = 100  # a counter out of step with the trainer
+
+    trainer = pl.Trainer(
+        max_epochs=3, accelerator="cpu", logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+    )
+    trainer.fit(make_module(), train_dataloaders=loader)
+
+    # Lightning creates the first iterator before the epoch hook: ChurnDataModule sets
+    # that epoch itself (test_datamodule_cache.py), the module hook every later one.
+    assert sampler.passes[1:] == [1, 2]
+
+
+def test_bucket_sampler_order_follows_epoch():
+    lengths = np.arange(40) % 5
+    first = LengthBucketBatchSampler(lengths, batch_size=4, shuffle=True, seed=7)
+    second = LengthBucketBatchSampler(lengths, batch_size=4, shuffle=True, seed=7)
+    epoch_zero, epoch_one = list(first), list(first)
+    second.set_epoch(1)
+    assert list(second) == epoch_one
+    assert epoch_zero != epoch_one

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -121,3 +122,16 @@ def test_worker_reads_memmapped_arrays(data_cfg, tmp_path):
             assert batch["label"][j].item() == labels[i]
             assert not arrays.mask[i, length:].any()
     assert sorted(seen) == list(range(len(arrays)))
+
+
+def test_train_loader_starts_at_trainer_epoch(data_cfg, tmp_path):
+    dm = build(data_cfg, tmp_path / "cache")
+    assert dm.train_dataloader().batch_sampler.epoch == 0
+    dm.trainer = SimpleNamespace(current_epoch=5)  # as after resuming from an epoch-5 checkpoint
+    resumed = dm.train_dataloader().batch_sampler
+    assert resumed.epoch == 5
+
+    uninterrupted = build(data_cfg, tmp_path / "cache").train_dataloader().batch_sampler
+    for _ in range(5):
+        list(uninterrupted)
+    assert list(resumed) == list(uninterrupted)

@@ -78,11 +78,18 @@ class LengthBucketBatchSampler(torch.utils.data.Sampler[list[int]]):
     Indices are sorted by length with random tie-breaking each epoch, cut into batches and
     the batches shuffled. Under DDP each rank takes every ``world_size``-th batch (the
     batch count is rounded down to a multiple of the world size so ranks stay in step).
+    The order depends on ``seed`` and the epoch: each pass advances the epoch by one, and
+    :meth:`set_epoch` sets it. ChurnDataModule and ChurnLitModule set it from the trainer,
+    so a resumed run gets the same batches as an uninterrupted one.
     """
 
     def __init__(self, lengths: np.ndarray, batch_size: int, shuffle: bool, seed: int = 0) -> None:
         self.lengths = np.asarray(lengths)
         self.batch_size, self.shuffle, self.seed, self.epoch = batch_size, shuffle, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Set the epoch that the next pass shuffles for."""
+        self.epoch = epoch
 
     def _batches(self) -> list[np.ndarray]:
         rng = np.random.default_rng(self.seed + self.epoch)
@@ -273,7 +280,12 @@ class ChurnDataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        loader = self._loader("train", shuffle=True)
+        if self.trainer is not None:
+            # Lightning creates the first epoch's iterator before any epoch hook runs, so a
+            # resumed run must start the sampler at the restored epoch here.
+            loader.batch_sampler.set_epoch(self.trainer.current_epoch)
+        return loader
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", shuffle=False)

@@ -87,6 +87,12 @@ class ChurnLitModule(pl.LightningModule):
             raise ValueError("Expected time-to-event targets for the hazard head, but the batch has none; rebuild the data cache")
         return hazard_nll(out[:, 1:].float(), batch["time_days"], batch["observed"], self.hparams.hazard_bin_days)
 
+    def on_train_epoch_start(self) -> None:
+        # Lightning calls set_epoch only on a loader's sampler, not on a custom batch sampler.
+        batch_sampler = getattr(self.trainer.train_dataloader, "batch_sampler", None)
+        if hasattr(batch_sampler, "set_epoch"):
+            batch_sampler.set_epoch(self.current_epoch)
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         out = self(batch)
         logits = out[:, 0].float()

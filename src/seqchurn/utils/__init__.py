@@ -1,1 +1,1 @@
-"""Helpers used by every command: atomic file writes, run summaries and integrity digests."""
+"""Helpers used by every command: atomic file writes and run summaries."""

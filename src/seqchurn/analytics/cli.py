@@ -27,12 +27,11 @@ import argparse
 import contextlib
 import io
 import logging
-import sys
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -41,15 +40,16 @@ from seqchurn.analytics.clv import GammaGammaFit, fit_gamma_gamma, lifetimes_exp
 from seqchurn.analytics.periods import cohort_retention, period_metrics
 from seqchurn.analytics.segments import Segmentation, segment_customers, segment_summary
 from seqchurn.analytics.tables import write_table
-from seqchurn.conf_utils import CONFIG_DIR, REPO_ROOT, register_resolvers
+from seqchurn.conf_utils import REPO_ROOT
+from seqchurn.data.config_file import read_data_config
 from seqchurn.data.datamodule import churn_from_config, sample_customers
 from seqchurn.data.io import load_events
 from seqchurn.data.labels import ChurnDefinition, make_snapshot, to_utc
 from seqchurn.data.schema import InputError
-from seqchurn.utils.run_summary import EXIT_INPUT_ERROR, EXIT_INTERNAL_ERROR, EXIT_OK, RunSummary, as_input_error, exit_code_for, track_run
+from seqchurn.errors import run_command
+from seqchurn.utils.run_summary import RunSummary, as_input_error
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 DEFAULT_CLV_HORIZON_DAYS = 365.0
 BGNBD_TIME_UNIT_DAYS = 7.0
@@ -65,46 +65,17 @@ SEGMENT_K_RANGE = (3, 6)
 
 
 def load_data_config(data: str) -> dict[str, Any]:
-    """Compose a data config with the ``paths`` defaults and return it resolved as a plain dict.
+    """Return the resolved data config named by ``data`` as a plain dict.
 
     ``data`` is the name of a config in ``conf/data/`` (``online_retail``) or the path of a
-    YAML file with the same layout. ``${paths.data_dir}`` and the other ``paths`` values
-    resolve as in ``seqchurn train``. Raises ``InputError`` when the config is not found or
-    does not resolve.
+    YAML file with the same layout; ``${paths.*}`` values resolve as in ``seqchurn train``.
+    Raises ``InputError`` when the config is not found, does not resolve or has no sources.
     """
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    register_resolvers()
-    file = Path(data)
-    is_file = file.suffix in (".yaml", ".yml") or file.is_file()
-    if is_file and not file.is_file():
-        raise InputError("data config file not found", file=str(file), hint="Pass a YAML file or the name of a config in conf/data/")
-    if not is_file and not (CONFIG_DIR / "data" / f"{data}.yaml").is_file():
-        names = sorted(p.stem for p in (CONFIG_DIR / "data").glob("*.yaml"))
-        raise InputError(f"no data config named {data!r} in {CONFIG_DIR / 'data'}", hint=f"Use one of {names} or the path of a YAML file")
-
-    overrides = ["+paths=default"] if is_file else ["+paths=default", f"+data={data}"]
-    # Hydra keeps one global config search path per process; a caller's (e.g. a test's) is
-    # cleared here and not restored.
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            cfg = compose(overrides=overrides)
-    finally:
-        GlobalHydra.instance().clear()
-    try:
-        if is_file:
-            OmegaConf.set_struct(cfg, False)
-            cfg = OmegaConf.merge(cfg, {"data": OmegaConf.load(file)})
-        resolved = OmegaConf.to_container(cfg.data, resolve=True)
-    except OmegaConfBaseException as err:
-        raise InputError(f"the data config does not resolve: {err}", file=str(file if is_file else CONFIG_DIR / "data" / f"{data}.yaml")) from err
-    if not isinstance(resolved, dict) or not resolved.get("sources"):
-        raise InputError("the data config lists no `sources`", file=str(file) if is_file else data, hint="See conf/data/online_retail.yaml")
-    resolved.setdefault("name", file.stem if is_file else data)
+    resolved = read_data_config(data)
+    is_file = Path(data).suffix in (".yaml", ".yml")
+    if not resolved.get("sources"):
+        raise InputError("the data config lists no `sources`", file=data, hint="See conf/data/online_retail.yaml")
+    resolved.setdefault("name", Path(data).stem if is_file else data)
     return resolved
 
 
@@ -421,32 +392,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run ``seqchurn metrics`` with ``argv``; return the exit code."""
     args = build_parser().parse_args(argv)
     out = Path(args.out) if args.out else REPO_ROOT / "outputs" / "metrics" / Path(args.data).stem
-    code, paths = run_command("metrics", args, out, lambda summary: run_metrics(args, out, summary))
+    code, paths = run_command("metrics", out / "run_summary.json", vars(args), lambda summary: run_metrics(args, out, summary))
     for name, path in (paths or {}).items():
         print(f"{name}: {path}")
     return code
-
-
-def run_command(command: str, args: argparse.Namespace, out: Path, body: Callable[[RunSummary], T]) -> tuple[int, T | None]:
-    """Run ``body`` and record it in ``out/run_summary.json``; return the exit code and the result of ``body``.
-
-    An input error is printed as one line to stderr (exit code 2). Any other exception is
-    logged with its traceback (exit code 1).
-    """
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with track_run(command, out / "run_summary.json", config=vars(args)) as summary:
-            return EXIT_OK, body(summary)
-    except Exception as exc:  # noqa: BLE001 - every failure becomes an exit code
-        code = exit_code_for(exc)
-        if code == EXIT_INPUT_ERROR:
-            log.error("invalid input: %s", exc)
-            print(f"seqchurn {command}: error: {exc}", file=sys.stderr)
-            return code, None
-        log.error("seqchurn %s failed", command, exc_info=exc)
-        return EXIT_INTERNAL_ERROR, None
 
 
 if __name__ == "__main__":

@@ -36,11 +36,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from seqchurn.analytics.cli import DEFAULT_CLV_HORIZON_DAYS, customer_value_at, load_log, run_command, segments_at
+from seqchurn.analytics.cli import DEFAULT_CLV_HORIZON_DAYS, customer_value_at, load_log, segments_at
 from seqchurn.analytics.periods import cohort_retention, period_metrics
 from seqchurn.conf_utils import REPO_ROOT
 from seqchurn.data.datamodule import churn_from_config
 from seqchurn.data.schema import InputError
+from seqchurn.errors import run_command
 from seqchurn.report.html import build_report, save_readme_figure
 from seqchurn.utils.run_summary import RunSummary, as_input_error
 
@@ -264,7 +265,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run ``seqchurn report`` with ``argv``; return the exit code."""
     args = build_parser().parse_args(argv)
     out = Path(args.out) if args.out else REPO_ROOT / "outputs" / "report" / Path(args.model_dir).resolve().name
-    code, path = run_command("report", args, out, lambda run: run_report(args, out, run))
+    code, path = run_command("report", out / "run_summary.json", vars(args), lambda run: run_report(args, out, run))
     if path is not None:
         print(path)
     return code

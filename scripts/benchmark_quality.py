@@ -4,6 +4,8 @@
     python scripts/benchmark_quality.py --data my_log         # conf/data/my_log.yaml
     python scripts/benchmark_quality.py --data path/to/my_log.yaml --models gru lightgbm
     python scripts/benchmark_quality.py --quick               # 10 % of customers, 1 seed, a few batches
+    python scripts/benchmark_quality.py --data taobao --models gru logreg --validation-only \
+        --sequence-override model.net.wide=true               # choose settings: validation PR-AUC only
 
 Baselines (recency, logreg, lightgbm, bgnbd, paretonbd) and sequence models (gru,
 transformer) are fitted on the same training snapshots and scored once on the same test
@@ -23,6 +25,7 @@ import tempfile
 import warnings
 from pathlib import Path
 
+import pandas as pd
 import yaml
 
 from seqchurn.benchmark_quality import (
@@ -35,6 +38,7 @@ from seqchurn.benchmark_quality import (
     render_results,
     results_frame,
     summarise,
+    validation_rows,
     write_page,
 )
 from seqchurn.conf_utils import REPO_ROOT
@@ -55,6 +59,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sample-fraction", type=float, default=None, help="share of customers kept, by stable hash (default 1, 0.1 with --quick)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 seed, 1 epoch of 3 batches, a 10 %% customer sample; writes beside --work-dir")
     parser.add_argument("--work-dir", type=Path, default=None, help="checkpoints, caches and per-run results (default: a new temporary folder)")
+    parser.add_argument("--validation-only", action="store_true", help="score the validation split only (to choose settings): print validation PR-AUC per model, write validation.csv in --work-dir, leave the page alone")
     parser.add_argument("--output", type=Path, default=None, help="Markdown page to update (default docs/benchmarks.md; with --quick, benchmarks.md in --work-dir)")
     return parser.parse_args(argv)
 
@@ -98,6 +103,11 @@ def main(argv: list[str] | None = None) -> int:
         use_experiments=not args.no_experiments,
         baseline_options=parse_baseline_options(args.baseline_option),
     )
+    if args.validation_only:
+        rows = pd.concat([validation_rows(data, options) for data in args.data], ignore_index=True)
+        rows.to_csv(work_dir / "validation.csv", index=False)
+        print(rows.to_markdown(index=False, floatfmt=".4f"))
+        return 0
     output = args.output or (work_dir / "benchmarks.md" if args.quick else REPO_ROOT / "docs" / "benchmarks.md")
     log.info("work dir %s; page %s", work_dir, output)
     load_at_start = load_average()

@@ -123,18 +123,32 @@ def test_summarise_matches_numpy():
 
 def test_comparison_names_loser_and_gap():
     rows = []
-    for model, ap, auroc in (("gru", 0.70, 0.80), ("gru ensemble", 0.72, 0.81), ("lightgbm", 0.75, 0.79)):
-        rows.append({"dataset": "d", "model": model, "seed": 0, "test_average_precision": ap, "test_auroc": auroc})
+    for model, val_ap, ap, auroc in (("gru", 0.60, 0.70, 0.80), ("gru ensemble", 0.61, 0.72, 0.81), ("lightgbm", 0.62, 0.75, 0.79)):
+        rows.append({"dataset": "d", "model": model, "seed": 0, "val_average_precision": val_ap, "test_average_precision": ap, "test_auroc": auroc})
     lines = comparison_lines(summarise(pd.DataFrame(rows)))
     assert lines[0].startswith("- d, test PR-AUC: seqchurn loses by -0.0300 (gru ensemble 0.7200 vs lightgbm 0.7500)")
-    assert "best single model gru 0.7000 (-0.0500)" in lines[0]
+    assert "its best single model gru 0.7000 (-0.0500)" in lines[0]
     assert lines[1].startswith("- d, test AUROC: seqchurn wins by +0.0200")
+
+
+def test_comparison_picks_seqchurn_row_by_validation():
+    rows = [
+        {"dataset": "d", "model": "gru", "seed": 0, "val_average_precision": 0.70, "test_average_precision": 0.60, "test_auroc": 0.60},
+        {"dataset": "d", "model": "transformer", "seed": 0, "val_average_precision": 0.65, "test_average_precision": 0.90, "test_auroc": 0.90},
+        {"dataset": "d", "model": "logreg", "seed": None, "val_average_precision": 0.80, "test_average_precision": 0.62, "test_auroc": 0.64},
+        {"dataset": "d", "model": "recency", "seed": None, "val_average_precision": 0.50, "test_average_precision": 0.70, "test_auroc": 0.50},
+    ]
+    lines = comparison_lines(summarise(pd.DataFrame(rows)))
+    # The transformer is best on test but not on validation, so the GRU represents seqchurn;
+    # the baseline side takes the best test value of each metric.
+    assert lines[0].startswith("- d, test PR-AUC: seqchurn loses by -0.1000 (gru 0.6000 vs recency 0.7000)")
+    assert lines[1].startswith("- d, test AUROC: seqchurn loses by -0.0400 (gru 0.6000 vs logreg 0.6400)")
 
 
 def test_comparison_shows_interval():
     rows = [
-        {"dataset": "d", "model": "gru", "seed": 0, "test_average_precision": 0.80, "test_auroc": 0.70},
-        {"dataset": "d", "model": "bgnbd", "seed": None, "test_average_precision": 0.75, "test_auroc": 0.72},
+        {"dataset": "d", "model": "gru", "seed": 0, "val_average_precision": 0.7, "test_average_precision": 0.80, "test_auroc": 0.70},
+        {"dataset": "d", "model": "bgnbd", "seed": None, "val_average_precision": 0.7, "test_average_precision": 0.75, "test_auroc": 0.72},
     ]
     lines = comparison_lines(summarise(pd.DataFrame(rows)), {"d": {"PR-AUC": (0.01, 0.09)}})
     assert lines[0] == "- d, test PR-AUC: seqchurn wins by +0.0500 (gru 0.8000 vs bgnbd 0.7500; 95 % paired bootstrap interval of the gap +0.0100 .. +0.0900)."
@@ -257,3 +271,55 @@ def test_binary_report_keys_cover_table():
 
     report = binary_report(np.array([0, 1, 1, 0]), np.array([0.2, 0.7, 0.6, 0.4]))
     assert set(METRICS) <= set(report)
+
+
+@pytest.mark.parametrize(("name", "gets_windows"), [("logreg", True), ("lightgbm", True), ("bgnbd", False)])
+def test_feature_baselines_get_data_windows(monkeypatch, name, gets_windows):
+    received = {}
+
+    def fake_make_baseline(name, churn, **options):
+        received.update(options)
+        return FakeBaseline(0.0)
+
+    monkeypatch.setattr(benchmark_quality, "make_baseline", fake_make_baseline)
+    data = fallback_data()
+    data.feature_options = {"windows": [1, 2], "trend_days": 1}
+    benchmark_quality.fit_baseline(name, data, {"seed": 3})
+    assert received.get("seed") == 3
+    assert ("windows" in received) == gets_windows
+    if gets_windows:
+        assert received["windows"] == [1, 2]
+        assert received["trend_days"] == 1
+
+
+
+@pytest.mark.parametrize("path", sorted((CONFIG_DIR / "experiment" / "quality").glob("*.yaml")), ids=lambda p: p.stem)
+def test_quality_experiments_compose(path):
+    data_name, model = path.stem.rsplit("_", 1)
+    cfg = benchmark_quality.compose_train_config([f"experiment=quality/{path.stem}", "paths.output_dir=/unused", "paths.work_dir=/unused"])
+    assert cfg.data.name == data_name
+    assert cfg.model.name == model
+    assert benchmark_quality.experiment_name(data_name, model) == f"quality/{path.stem}"
+
+
+@pytest.mark.slow
+def test_validation_only_never_scores_test(tmp_path, retail_slice):
+    argv = [
+        "--quick", "--validation-only",
+        "--data", "online_retail",
+        "--models", "gru", "logreg",
+        "--work-dir", str(tmp_path),
+        "--sample-fraction", "1",
+        "--override", f"data.sources.0.path={retail_slice / 'online_retail_ii_2009_2010.parquet'}",
+        "--override", f"data.sources.1.path={retail_slice / 'online_retail.parquet'}",
+        "--override", "data.sequence.item_vocab_size=100",
+    ]
+    assert load_script().main(argv) == 0
+
+    rows = pd.read_csv(tmp_path / "validation.csv")
+    assert list(rows["model"]) == ["gru", "logreg"]
+    assert rows["val_average_precision_mean"].between(0, 1).all()
+    assert rows["ensemble_val_average_precision"].between(0, 1).all()
+    assert not (tmp_path / "benchmarks.md").exists()
+    assert not list(tmp_path.rglob("test_metrics.json"))
+    assert not list(tmp_path.rglob("training_summary.json"))

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from seqchurn.baselines.features import aggregate_features, feature_names
+from seqchurn.baselines.features import DEFAULT_TREND_DAYS, DEFAULT_WINDOWS, aggregate_features, feature_names, feature_options
 from seqchurn.data.labels import ChurnDefinition
 from seqchurn.data.schema import EVENT_TYPE_DTYPE, EVENT_TYPES
 
@@ -295,3 +295,55 @@ def test_integer_customer_ids_rejected():
 def test_invalid_windows_rejected(windows):
     with pytest.raises(ValueError, match="Expected `windows` to be distinct positive whole days"):
         aggregate_features(make_events(HISTORY_A), snapshots_at(["a"]), CHURN, windows=windows)
+
+
+def test_feature_options_defaults_and_config():
+    assert feature_options({}) == {"windows": list(DEFAULT_WINDOWS), "trend_days": DEFAULT_TREND_DAYS}
+    assert feature_options({"aggregate_features": {"windows": [1, 2, 4, 8], "trend_days": 2}}) == {"windows": [1, 2, 4, 8], "trend_days": 2}
+    assert feature_options({"aggregate_features": {"trend_days": None}})["trend_days"] is None
+
+
+@pytest.mark.parametrize(
+    "section,needle",
+    [
+        ({"window": [1]}, r"Unknown key\(s\) \['window'\]"),
+        ({"windows": [1, 1]}, "distinct positive whole days"),
+        ({"windows": [0.5]}, "distinct positive whole days"),
+        ({"trend_days": 0}, "positive whole number of days or null"),
+        ([1, 2], "to be a mapping"),
+    ],
+)
+def test_feature_options_reject_invalid(section, needle):
+    with pytest.raises(ValueError, match=needle):
+        feature_options({"aggregate_features": section})
+
+
+def test_short_windows_count_recent_events():
+    options = feature_options({"aggregate_features": {"windows": [15, 60], "trend_days": 10}})
+    features = aggregate_features(make_events(HISTORY_A), snapshots_at(["a"]), CHURN, **options).iloc[0]
+    # Orders of "a" 20 and 60 days before the cutoff (the one 30 days before is cancelled),
+    # a view 90 days and a return 10 days before.
+    assert features["n_orders_15d"] == 0
+    assert features["n_orders_60d"] == 2
+    assert features["n_view_60d"] == 0
+    assert features["n_return_15d"] == 1
+    # No order in the last 10 days against one in the 10 days before.
+    assert features["trend_orders_10d"] == -1
+    assert "n_orders_30d" not in features.index
+
+
+def test_sequence_side_input_uses_configured_windows():
+    from seqchurn.data.sequences import FeatureSpec, build_arrays, fit_spec
+
+    events = make_events(HISTORY_A + AT_OR_AFTER_CUTOFF)
+    snapshots = snapshots_at(["a", "b"])
+    options = {"windows": [15, 60], "trend_days": 10}
+    spec = fit_spec(events, snapshots, max_len=4, item_vocab_size=0, activity_types=["purchase"], collapse=False, aggregate=True, aggregate_options=options)
+    arrays = build_arrays(events, snapshots, spec, raw=True)
+    expected = aggregate_features(events, snapshots, CHURN, **options).to_numpy(dtype=np.float64)
+    n_aggregate = len(feature_names(**options))
+
+    assert spec.static_features[-n_aggregate:] == [f"agg_{name}" for name in feature_names(**options)]
+    assert arrays.static.shape[1] == len(spec.static_features)
+    np.testing.assert_allclose(arrays.static[:, -n_aggregate:], np.sign(expected) * np.log1p(np.abs(expected)), rtol=1e-6)
+    assert FeatureSpec.from_dict(spec.to_dict()).aggregate_options == options

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import pytest
 import torch
 
 from seqchurn.data.sequences import SequenceArrays
-from seqchurn.export import ScoringModel, pad_to
-from seqchurn.models.components.common import compact_left
+from seqchurn.export import ScoringModel, check_parity, export_onnx, pad_to
+from seqchurn.models.components.common import ChurnHead, compact_left
 from seqchurn.models.components.gru import GRUEncoder
 
 N_TYPES, N_ITEMS, F, S = 6, 20, 8, 10
@@ -32,9 +35,9 @@ def prob(model: torch.nn.Module, inputs: dict[str, np.ndarray]) -> np.ndarray:
         return model(*(torch.as_tensor(inputs[k]) for k in ("event_type", "item", "numeric", "mask", "static"))).numpy()
 
 
-def make_model(seed: int = 0) -> torch.nn.Module:
+def make_model(seed: int = 0, **kwargs) -> torch.nn.Module:
     torch.manual_seed(seed)
-    return ScoringModel(GRUEncoder(N_TYPES, N_ITEMS, F, S, hidden_size=16)).eval()
+    return ScoringModel(GRUEncoder(N_TYPES, N_ITEMS, F, S, hidden_size=16, **kwargs)).eval()
 
 
 def test_compact_left_moves_real_events_first():
@@ -71,3 +74,38 @@ def test_gru_padding_does_change_result_without_compaction():
         out, _ = net.gru(h)
         naive = torch.sigmoid(net.head(out[:, -1], torch.as_tensor(left["static"]))[:, 0]).numpy()
     assert np.max(np.abs(naive - prob(model, pad_to(arrays, 5)))) > 1e-4
+
+
+def test_wide_head_adds_linear_static_term():
+    torch.manual_seed(0)
+    head = ChurnHead(d_seq=4, n_static=3, hidden=8, n_outputs=1, wide=True).eval()
+    summary, static = torch.randn(5, 4), torch.randn(5, 3)
+    with torch.no_grad():
+        deep_only = head.net(torch.cat([summary, static], dim=-1))
+        expected = deep_only + static @ head.wide.weight.T
+        got = head(summary, static)
+    torch.testing.assert_close(got, expected)
+    assert head.wide.weight.shape == (1, 3)
+    assert float(torch.max(torch.abs(got - deep_only))) > 1e-3
+
+
+def test_wide_head_off_or_without_static():
+    assert ChurnHead(4, 3, 8).wide is None
+    assert ChurnHead(4, 0, 8, wide=True).wide is None
+
+
+def test_wide_gru_invariant_to_padding():
+    model = make_model(wide=True)
+    arrays = random_arrays(8, 6)
+    base = prob(model, pad_to(arrays, 6))
+    mixed = prob(model, pad_to(arrays, 13, left=np.arange(8) % 2 == 0))
+    np.testing.assert_allclose(mixed, base, atol=1e-6, rtol=0)
+
+
+@pytest.mark.slow
+def test_wide_gru_onnx_export_parity(tmp_path: Path):
+    model = make_model(seed=3, wide=True)
+    arrays = random_arrays(40, 9)
+    path = tmp_path / "model.onnx"
+    export_onnx(model, pad_to(arrays.take(np.arange(4)), 9), path)
+    assert check_parity(model, path, arrays, tolerance=1e-4) <= 1e-4

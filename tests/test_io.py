@@ -232,3 +232,72 @@ def test_truncated_gzip_names_the_file(tmp_path):
     with pytest.raises(InputError, match="Truncated compressed stream") as err:
         load_events(cfg(p))
     assert str(p) in str(err.value)
+
+
+TRUNCATED = "cid,ts,type,amt\na,2021-01-01,buy,1\nb,2021-01-02,buy,2\nc,2021-01-03,buy,3\nd,2021-01-04"
+
+
+def test_truncated_line_is_an_error_by_default(tmp_path):
+    p = write_csv(tmp_path / "log.csv", TRUNCATED)
+    with pytest.raises(InputError) as err:
+        load_events(cfg(p))
+    msg = str(err.value)
+    assert "expected 4 fields but found 2" in msg
+    assert "row 4" in msg
+    assert "'d,2021-01-04'" in msg
+    assert "csv.invalid_rows: skip" in msg
+
+
+def test_truncated_line_skipped_and_counted(tmp_path, caplog):
+    p = write_csv(tmp_path / "log.csv", TRUNCATED.replace("b,2021-01-02,buy,2", "b,2021-01-02,buy,2,extra"))
+    with caplog.at_level("WARNING", logger="seqchurn.data.io"):
+        events, report = load_events(cfg(p, source={"csv": {"invalid_rows": "skip"}}))
+    assert sorted(events["customer_id"]) == ["a", "c"]
+    assert report.dropped["malformed_csv_row"] == 2
+    assert report.rows_read == 4
+    assert report.rows_read == report.rows_kept + sum(report.dropped.values())
+    assert "skipped 2 malformed row(s)" in caplog.text
+    assert "row 2: expected 4 fields but found 5" in caplog.text
+    assert "row 4: expected 4 fields but found 2 ('d,2021-01-04')" in caplog.text
+
+
+def test_skip_without_header_numbers_every_line(tmp_path, caplog):
+    p = tmp_path / "log.csv.gz"
+    p.write_bytes(gzip.compress(TRUNCATED.split("\n", 1)[1].encode()))
+    source = {"csv": {"header": False, "names": ["cid", "ts", "type", "amt"], "invalid_rows": "skip"}}
+    with caplog.at_level("WARNING", logger="seqchurn.data.io"):
+        events, report = load_events(cfg(p, source=source))
+    assert len(events) == 3
+    assert report.dropped["malformed_csv_row"] == 1
+    assert "row 4: expected 4 fields" in caplog.text
+
+
+def test_every_row_malformed_is_an_error(tmp_path):
+    p = write_csv(tmp_path / "log.csv", "cid,ts,type,amt\na,2021-01-01\nb,2021-01-02\n")
+    with pytest.raises(InputError, match=r"every row of the file is malformed \(2 skipped\)"):
+        load_events(cfg(p, source={"csv": {"invalid_rows": "skip"}}))
+
+
+@pytest.mark.parametrize(
+    "csv_options,needle",
+    [
+        ({"invalid_rows": "drop"}, "Expected `csv.invalid_rows` to be error or skip, but got 'drop'"),
+        ({"invalid_row": "skip"}, r"unknown `csv` option\(s\) \['invalid_row'\]"),
+    ],
+)
+def test_invalid_csv_options_rejected(tmp_path, csv_options, needle):
+    p = write_csv(tmp_path / "log.csv", "cid,ts,type,amt\na,2021-01-01,buy,1\n")
+    with pytest.raises(InputError, match=needle):
+        load_events(cfg(p, source={"csv": csv_options}))
+
+
+def test_skipped_row_text_not_logged_with_pseudonymisation(tmp_path, caplog):
+    p = write_csv(tmp_path / "log.csv", TRUNCATED.replace("\nd,2021-01-04", "\nsecret-id,2021-01-04"))
+    key_file = tmp_path / "pseudonym.key"
+    key_file.write_bytes(b"k" * 32)
+    key_file.chmod(0o600)
+    with caplog.at_level("WARNING", logger="seqchurn.data.io"):
+        _, report = load_events(cfg(p, source={"csv": {"invalid_rows": "skip"}}, privacy={"key_file": str(key_file)}))
+    assert report.dropped["malformed_csv_row"] == 1
+    assert "row 4: expected 4 fields but found 2" in caplog.text
+    assert "secret-id" not in caplog.text

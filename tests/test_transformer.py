@@ -179,6 +179,18 @@ def test_model_config_instantiates() -> None:
 
 
 @pytest.mark.slow
+def test_wide_onnx_export_parity(tmp_path: Path) -> None:
+    arrays = make_arrays(n=40, max_len=10)
+    model = ScoringModel(make_net(seed=2, wide=True), temperature=1.3).eval()
+    path = tmp_path / "model.onnx"
+
+    export_onnx(model, pad_to(arrays.take(np.arange(4)), 10), path)
+
+    assert model.net.head.wide is not None
+    assert check_parity(model, path, arrays, tolerance=1e-4) <= 1e-4
+
+
+@pytest.mark.slow
 def test_onnx_export_parity(tmp_path: Path) -> None:
     arrays = make_arrays(n=70, max_len=12)
     model = ScoringModel(make_net(seed=5), temperature=1.7).eval()

@@ -35,6 +35,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
 from seqchurn.baselines import BASELINES, Baseline, make_baseline
+from seqchurn.baselines.features import feature_options
 from seqchurn.conf_utils import CONFIG_DIR, REPO_ROOT, register_resolvers
 from seqchurn.data.datamodule import ChurnDataModule, sample_customers
 from seqchurn.data.io import load_events
@@ -47,6 +48,9 @@ register_resolvers()
 
 SEQUENCE_MODELS: tuple[str, ...] = ("gru", "transformer")
 SEEDED_BASELINES: tuple[str, ...] = ("lightgbm",)
+# Baselines on aggregate_features: they use the windows of the data config, as the sequence
+# models' aggregate side input does.
+FEATURE_BASELINES: tuple[str, ...] = ("logreg", "lightgbm")
 # L2 penalties tried in turn when the unpenalised BG/NBD fit of lifetimes does not converge
 # (it fails on the short Taobao log, for example).
 BGNBD_PENALIZER_FALLBACK: tuple[float, ...] = (0.001, 0.01)
@@ -195,6 +199,8 @@ class BenchmarkData:
     events: pd.DataFrame
     """Canonical events as ``load_events`` returns them (order lines not collapsed)."""
     churn: Any
+    feature_options: dict[str, Any] = field(default_factory=dict)
+    """``windows`` and ``trend_days`` of the aggregate features, from the data config."""
 
     def split(self, name: str) -> pd.DataFrame:
         return self.snapshots[self.snapshots["split"] == name]
@@ -222,7 +228,7 @@ def load_benchmark_data(cfg: DictConfig) -> BenchmarkData:
     )
     rebuilt = make_split_snapshots(events, plan, dm.churn)
     check_same_snapshots(dm.snapshots, rebuilt)
-    return BenchmarkData(str(cfg.data.name), dm.snapshots.reset_index(drop=True), events, dm.churn)
+    return BenchmarkData(str(cfg.data.name), dm.snapshots.reset_index(drop=True), events, dm.churn, feature_options(cfg.data))
 
 
 def _snapshot_key(snaps: pd.DataFrame) -> pd.DataFrame:
@@ -252,7 +258,11 @@ def fit_baseline(name: str, data: BenchmarkData, options: dict[str, Any]) -> tup
 
     A BG/NBD fit without a configured ``penalizer_coef`` that does not converge is
     repeated with each penalty of ``BGNBD_PENALIZER_FALLBACK``; the note names the one used.
+    The baselines of ``FEATURE_BASELINES`` get the data config's feature windows unless
+    ``options`` sets them.
     """
+    if name in FEATURE_BASELINES:
+        options = {**data.feature_options, **options}
     train, val = data.split("train"), data.split("val")
     try:
         return make_baseline(name, data.churn, **options).fit(data.events, train, val), None
@@ -426,6 +436,86 @@ def benchmark_dataset(data: str, options: BenchmarkOptions) -> DatasetBenchmark:
     return DatasetBenchmark(bench.name, results, notes, intervals)
 
 
+# -- validation only (choosing settings) ---------------------------------------------------
+
+
+def validate_sequence_model(cfg: DictConfig) -> tuple[np.ndarray, np.ndarray, list[float]]:
+    """Train one run as ``seqchurn.train.train`` does, but score validation only.
+
+    Returns the labels and temperature-calibrated probabilities of the validation split
+    and the validation PR-AUC after each epoch. The test split is never scored, so these
+    runs can choose settings.
+    """
+    import hydra
+    import pytorch_lightning as pl
+
+    from seqchurn.models.calibration import fit_temperature
+    from seqchurn.train import build, predict_logits, resolve_precision
+
+    class EpochCurve(pl.Callback):
+        def __init__(self) -> None:
+            self.values: list[float] = []
+
+        def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+            if not trainer.sanity_checking and "val/auprc" in trainer.callback_metrics:
+                self.values.append(float(trainer.callback_metrics["val/auprc"]))
+
+    pl.seed_everything(cfg.seed, workers=True)
+    dm, module = build(cfg)
+    curve = EpochCurve()
+    callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None and "_target_" in c]
+    trainer = hydra.utils.instantiate(cfg.trainer, callbacks=[*callbacks, curve], logger=False, precision=resolve_precision(cfg))
+    # A checkpoint left by an earlier run in the same folder must not be taken as this run's best.
+    shutil.rmtree(cfg.paths.checkpoint_dir, ignore_errors=True)
+    trainer.fit(module, datamodule=dm)
+    state = torch.load(trainer.checkpoint_callback.best_model_path, map_location="cpu", weights_only=False)["state_dict"]
+    module.load_state_dict(state)
+    logits = predict_logits(module.net.cpu().float(), dm.arrays["val"])
+    labels = dm.labels("val")
+    temperature = fit_temperature(logits, labels) if cfg.calibrate else 1.0
+    return labels, 1 / (1 + np.exp(-logits / temperature)), curve.values
+
+
+def validation_rows(data: str, options: BenchmarkOptions) -> pd.DataFrame:
+    """Validation PR-AUC of every model of ``options`` on data config ``data``, without scoring test.
+
+    One row per model: the mean and standard deviation (ddof 1) over seeds, the PR-AUC of
+    the seed-averaged probabilities and, for sequence models, the PR-AUC after each epoch
+    of the first seed.
+    """
+    data_name, search_path = resolve_data_config(data, options.work_dir)
+    bench = None
+    rows = []
+    for model in available_models(options.models):
+        scores, probs, curve = [], [], []
+        if model in SEQUENCE_MODELS:
+            for seed in options.seeds:
+                labels, prob, epochs = validate_sequence_model(sequence_config(model, seed, data_name, search_path, options))
+                scores.append(average_precision(labels, prob))
+                probs.append(prob)
+                curve = curve or epochs
+        else:
+            if bench is None:
+                bench = load_benchmark_data(compose_train_config(_base_overrides(data_name, search_path, options)))
+            val = bench.split("val")
+            labels = val["label"].to_numpy()
+            for seed in options.seeds if model in SEEDED_BASELINES else (None,):
+                seeded = {"seed": seed} if seed is not None else {}
+                baseline, _ = fit_baseline(model, bench, {**options.baseline_options.get(model, {}), **seeded})
+                probs.append(baseline.predict_proba(bench.events, val))
+                scores.append(average_precision(labels, probs[-1]))
+        rows.append({
+            "dataset": data_name, "model": model, "seeds": len(scores),
+            "val_average_precision_mean": float(np.mean(scores)),
+            "val_average_precision_std": float(np.std(scores, ddof=1)) if len(scores) > 1 else 0.0,
+            "ensemble_val_average_precision": float(average_precision(labels, np.mean(probs, axis=0))),
+            "val_average_precision_by_epoch": ", ".join(f"{v:.3f}" for v in curve),
+        })
+        log.info("%s %s: validation PR-AUC %.4f ± %.4f, ensemble %.4f", data_name, model, rows[-1]["val_average_precision_mean"],
+                 rows[-1]["val_average_precision_std"], rows[-1]["ensemble_val_average_precision"])
+    return pd.DataFrame(rows)
+
+
 def _log_run(run: RunResult) -> None:
     log.info(
         "%s %s seed %s: val PR-AUC %.4f | test PR-AUC %.4f AUROC %.4f | train %.1f s, score %.2f s",
@@ -492,18 +582,28 @@ def markdown_table(summary: pd.DataFrame, dataset: str) -> str:
 _COMPARED: tuple[tuple[str, str, Any], ...] = (("PR-AUC", "average_precision", average_precision), ("AUROC", "auroc", auroc))
 
 
-def best_rows(rows: pd.DataFrame, column: str) -> tuple[pd.Series, pd.Series, pd.Series] | None:
-    """Return the best seqchurn row, the best baseline row and the best single seqchurn model by mean ``column``.
+CHOICE_COLUMN = "val_average_precision_mean"
+"""seqchurn's row in each comparison is the one with the highest mean validation PR-AUC."""
 
-    ``rows`` are the summary rows of one dataset; None when either side has no row.
+
+def best_rows(rows: pd.DataFrame, column: str) -> tuple[pd.Series, pd.Series, pd.Series] | None:
+    """Pick the rows that one comparison of ``rows`` (one dataset's summary) sets side by side.
+
+    Returns seqchurn's row and its best single (not ensembled) model, both chosen by
+    validation PR-AUC as a user would choose a model to deploy, and the baseline with the
+    best mean ``column``, a choice that can only favour the baselines. None when either
+    side has no row.
     """
     ours = rows[rows["model"].map(is_seqchurn)]
     theirs = rows[~rows["model"].map(is_seqchurn)]
     if ours.empty or theirs.empty:
         return None
     singles = ours[~ours["model"].str.endswith(ENSEMBLE_SUFFIX)]
-    best_single = singles.loc[singles[f"{column}_mean"].idxmax()] if not singles.empty else ours.loc[ours[f"{column}_mean"].idxmax()]
-    return ours.loc[ours[f"{column}_mean"].idxmax()], theirs.loc[theirs[f"{column}_mean"].idxmax()], best_single
+    if singles.empty:
+        singles = ours
+    chosen = ours.loc[ours[CHOICE_COLUMN].idxmax()]
+    best_single = singles.loc[singles[CHOICE_COLUMN].idxmax()]
+    return chosen, theirs.loc[theirs[f"{column}_mean"].idxmax()], best_single
 
 
 def paired_bootstrap_interval(
@@ -527,7 +627,7 @@ def pooled_test_probabilities(results: Sequence[RunResult], model: str) -> np.nd
 
 
 def comparison_intervals(results: Sequence[RunResult], test_labels: np.ndarray) -> dict[str, tuple[float, float]]:
-    """Bootstrap the test gap between the best seqchurn row and the best baseline, per compared metric.
+    """Bootstrap the test gap between seqchurn's row and the best baseline, per compared metric.
 
     ``results`` belong to one dataset. The rows are picked as in :func:`comparison_lines`;
     a seeded model without an ensemble row enters with its seed-averaged probabilities.
@@ -546,7 +646,9 @@ def comparison_intervals(results: Sequence[RunResult], test_labels: np.ndarray) 
 
 
 def comparison_lines(summary: pd.DataFrame, intervals: dict[str, dict[str, tuple[float, float]]] | None = None) -> list[str]:
-    """Compare the best seqchurn row with the best baseline (means), one sentence per dataset and metric.
+    """Compare seqchurn's row with the best baseline (means), one sentence per dataset and metric.
+
+    :func:`best_rows` picks the rows.
 
     ``intervals[dataset][metric label]`` is the bootstrap interval of the gap, when known.
     """
@@ -566,7 +668,7 @@ def comparison_lines(summary: pd.DataFrame, intervals: dict[str, dict[str, tuple
                 line += f"; 95 % paired bootstrap interval of the gap {interval[0]:+.4f} .. {interval[1]:+.4f}"
             line += ")"
             if single["model"] != ours["model"]:
-                line += f"; best single model {single['model']} {single[column]:.4f} ({single[column] - theirs[column]:+.4f})"
+                line += f"; its best single model {single['model']} {single[column]:.4f} ({single[column] - theirs[column]:+.4f})"
             lines.append(line + ".")
     return lines
 
@@ -657,7 +759,9 @@ def render_results(
         "Train seconds include the features or sequence arrays of every split; score seconds cover the test "
         "split from the event log (features, or collapsing orders and building sequences, then the forward pass).",
         "",
-        "Where seqchurn stands against the best baseline (means over seeds). The interval resamples the test "
+        "Where seqchurn stands against the best baseline (means over seeds). seqchurn's row is the one with the "
+        "highest validation PR-AUC, chosen before looking at test, and the baseline is the one with the best test "
+        "value of each metric, which can only favour the baselines. The interval resamples the test "
         "snapshots 1,000 times with both models' probabilities (a seeded model without an ensemble row enters "
         "with its seed-averaged probabilities); an interval that contains 0 means that this test set cannot "
         "separate the two.",

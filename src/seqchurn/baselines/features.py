@@ -47,7 +47,8 @@ Shares can exceed 1 because a return may refer to a purchase made before the log
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -60,6 +61,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_WINDOWS: tuple[int, ...] = (30, 90, 180, 365)
 DEFAULT_TREND_DAYS = 90
+# Keys of the `aggregate_features` section of a data config.
+OPTION_KEYS: tuple[str, ...] = ("windows", "trend_days")
 
 _PURCHASE = EVENT_TYPES.index("purchase")
 _RETURN = EVENT_TYPES.index("return")
@@ -136,6 +139,27 @@ def aggregate_features(
         bad = names[int(np.flatnonzero(~np.isfinite(out).all(axis=0))[0])]
         raise RuntimeError(f"aggregate_features produced a non-finite value in column {bad!r}; this is a bug")
     return pd.DataFrame(out, index=snapshots.index, columns=names)
+
+
+def feature_options(data_cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """Return the ``windows`` and ``trend_days`` that a data config sets for ``aggregate_features``.
+
+    They come from the config's optional ``aggregate_features`` section, with
+    ``DEFAULT_WINDOWS`` and ``DEFAULT_TREND_DAYS`` for keys it leaves out. The logreg and
+    LightGBM baselines and the sequence models' aggregate side input read the same options,
+    so they see the same features. ``trend_days: null`` turns the trend features off.
+    """
+    section = data_cfg.get("aggregate_features") or {}
+    if not isinstance(section, Mapping):
+        raise ValueError(f"Expected `aggregate_features` in the data config to be a mapping with {list(OPTION_KEYS)}, but got {section!r}")
+    unknown = sorted(str(key) for key in section if key not in OPTION_KEYS)
+    if unknown:
+        raise ValueError(f"Unknown key(s) {unknown} under `aggregate_features` in the data config; valid keys are {list(OPTION_KEYS)}")
+    windows = _check_windows(section.get("windows", DEFAULT_WINDOWS))
+    trend_days = section.get("trend_days", DEFAULT_TREND_DAYS)
+    if trend_days is not None and (not isinstance(trend_days, (int, np.integer)) or trend_days <= 0):
+        raise ValueError(f"Expected `aggregate_features.trend_days` to be a positive whole number of days or null, but got {trend_days!r}")
+    return {"windows": list(windows), "trend_days": None if trend_days is None else int(trend_days)}
 
 
 def _check_windows(windows: Sequence[int]) -> tuple[int, ...]:

@@ -166,6 +166,11 @@ class ChurnDataModule(pl.LightningDataModule):
         self.item_vocab_size = int(seq.get("item_vocab_size", 2000))
         self.collapse = bool(seq.get("collapse_orders", True))
         self.aggregate = bool(seq.get("aggregate_features", False))
+        self.aggregate_options: dict[str, Any] = {}
+        if self.aggregate:
+            from seqchurn.baselines.features import feature_options
+
+            self.aggregate_options = feature_options(data_cfg)
         self.sample_fraction = float(data_cfg.get("sample_fraction", 1.0))
         self.spec: FeatureSpec | None = None
         self.snapshots: pd.DataFrame | None = None
@@ -211,7 +216,7 @@ class ChurnDataModule(pl.LightningDataModule):
         self.spec = fit_spec(
             events, train, max_len=self.max_len, item_vocab_size=self.item_vocab_size,
             activity_types=list(self.churn.activity_types), collapse=self.collapse,
-            aggregate=self.aggregate, lookback_days=self.churn.lookback_days,
+            aggregate=self.aggregate, aggregate_options=self.aggregate_options, lookback_days=self.churn.lookback_days,
         )
         for name in SPLITS:
             rows = self.snapshots[self.snapshots["split"] == name]

@@ -19,6 +19,7 @@ import csv
 import dataclasses
 import hmac
 import logging
+import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from hashlib import sha256
@@ -41,6 +42,10 @@ log = logging.getLogger(__name__)
 
 ROLES = ("customer_id", "timestamp", "event_type", "amount", "quantity", "unit_price", "item_id", "category_id", "order_id")
 PRIVACY_KEYS = ("key_file",)
+CSV_OPTIONS = ("header", "names", "delimiter", "invalid_rows")
+INVALID_ROW_ACTIONS = ("error", "skip")
+# The warning of a read that skipped malformed rows shows at most this many of them.
+_LOGGED_INVALID_ROWS = 5
 _ROW = "__row__"
 _KEY_ID_LABEL = b"seqchurn pseudonym key id"
 
@@ -55,6 +60,7 @@ class SourceSpec:
     csv_header: bool = True
     csv_names: list[str] | None = None
     csv_delimiter: str = ","
+    csv_invalid_rows: str = "error"  # error | skip: a row with the wrong number of fields
     encoding: str = "utf8"
     start: str | None = None  # keep rows at or after this local time
     before: str | None = None  # keep rows before this local time
@@ -102,6 +108,9 @@ class LogSpec:
             if unknown:
                 raise InputError(f"data source {src['path']} maps unknown roles {sorted(unknown)}; valid roles are {list(ROLES)}")
             csv_options = src.get("csv") or {}
+            unknown_csv = sorted(str(k) for k in csv_options if k not in CSV_OPTIONS)
+            if unknown_csv:
+                raise InputError(f"data source {src['path']} has unknown `csv` option(s) {unknown_csv}; valid options are {list(CSV_OPTIONS)}")
             specs.append(
                 SourceSpec(
                     path=str(src["path"]),
@@ -110,6 +119,7 @@ class LogSpec:
                     csv_header=bool(csv_options.get("header", True)),
                     csv_names=csv_options.get("names"),
                     csv_delimiter=csv_options.get("delimiter", ","),
+                    csv_invalid_rows=str(csv_options.get("invalid_rows", "error")),
                     encoding=src.get("encoding", "utf8"),
                     start=src.get("start"),
                     before=src.get("before"),
@@ -174,6 +184,8 @@ class LogSpec:
                 codecs.lookup(src.encoding)
             except LookupError:
                 raise InputError(f"unknown text encoding {src.encoding!r}", file=src.path, hint="Use a Python codec name such as utf8 or latin-1") from None
+            if src.csv_invalid_rows not in INVALID_ROW_ACTIONS:
+                raise InputError(f"Expected `csv.invalid_rows` to be error or skip, but got {src.csv_invalid_rows!r}", file=src.path)
             if not src.columns.get("amount") and not (src.columns.get("quantity") and src.columns.get("unit_price")):
                 log.info("source %s has no amount column (nor quantity x unit_price): amounts are set to 0", src.path)
 
@@ -260,12 +272,17 @@ def _needed_columns(src: SourceSpec) -> list[str]:
     return sorted({c for c in src.columns.values() if c})
 
 
-def iter_source_tables(src: SourceSpec, *, batch_rows: int | None = None) -> Iterator[tuple[pa.Table, str, int]]:
+def iter_source_tables(
+    src: SourceSpec, *, batch_rows: int | None = None, report: LoadReport | None = None, log_values: bool = False
+) -> Iterator[tuple[pa.Table, str, int]]:
     """Yield ``(table, file, first_row)`` pieces of one source with only the mapped columns.
 
     ``first_row`` is the 0-based position of the piece's first row in ``file``, so errors can
     name the row. Parquet datasets are read file by file; a file of a dataset may have no
-    rows, but a single file must have some.
+    rows, but a single file must have some. CSV rows skipped under ``csv.invalid_rows:
+    skip`` are added to ``report`` (read and dropped as ``malformed_csv_row``) when one is
+    given, and always logged: their row numbers, and their text only with ``log_values``
+    (the text may contain a raw customer id).
     """
     path = Path(src.path)
     if not path.exists():
@@ -273,7 +290,7 @@ def iter_source_tables(src: SourceSpec, *, batch_rows: int | None = None) -> Ite
     needed = _needed_columns(src)
     fmt = _format_of(src)
     if fmt == "csv":
-        yield from _slices(_read_csv(src, needed), src.path, batch_rows)
+        yield from _slices(_read_csv(src, needed, report, log_values), src.path, batch_rows)
         return
     try:
         dataset = pads.dataset(str(path), format="parquet", partitioning="hive")
@@ -320,13 +337,15 @@ def _check_columns(available: list[str], needed: list[str], file: str) -> None:
         )
 
 
-def _read_csv(src: SourceSpec, needed: list[str]) -> pa.Table:
+def _read_csv(src: SourceSpec, needed: list[str], report: LoadReport | None = None, log_values: bool = False) -> pa.Table:
     names = _csv_header(src) if src.csv_header else _configured_names(src)
     _check_columns(names, needed, src.path)
     read_opts = pacsv.ReadOptions(encoding=src.encoding, block_size=1 << 24)
     if not src.csv_header:
         read_opts.column_names = names
-    parse_opts = pacsv.ParseOptions(delimiter=src.csv_delimiter)
+    skipped = _SkippedRowCounter()
+    handler = skipped.skip if src.csv_invalid_rows == "skip" else None
+    parse_opts = pacsv.ParseOptions(delimiter=src.csv_delimiter, invalid_row_handler=handler)
     # Columns are read as bytes: ids keep their leading zeros, errors can show raw values,
     # and the column parsers report the exact row of a value that is not valid UTF-8.
     convert_opts = pacsv.ConvertOptions(
@@ -349,9 +368,34 @@ def _read_csv(src: SourceSpec, needed: list[str]) -> pa.Table:
         if "CSV parse error" in text:
             raise _parse_error(src, read_opts, parse_opts, convert_opts, text) from None
         raise InputError(f"cannot parse CSV: {text}", file=src.path, hint="Check the delimiter, quoting and header settings") from None
+    # NOTE: the table has no gaps where rows were skipped, so errors raised later for a row
+    # after a skipped one name a row number that is too small by the rows skipped before it.
+    if skipped.count:
+        _log_skipped_rows(src, read_opts, parse_opts, convert_opts, skipped.count, log_values)
+        if report is not None:
+            report.rows_read += skipped.count
+            report.drop("malformed_csv_row", skipped.count)
     if table.num_rows == 0:
+        if skipped.count:
+            raise InputError(f"every row of the file is malformed ({skipped.count} skipped)", file=src.path, hint="Check the delimiter and `csv.names`")
         raise InputError("the file has a header but no rows", file=src.path)
     return table
+
+
+class _SkippedRowCounter:
+    """``invalid_row_handler`` for pyarrow that skips malformed rows and counts them.
+
+    pyarrow calls the handler from its reader threads, so the count is taken under a lock.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._lock = threading.Lock()
+
+    def skip(self, row: Any) -> str:
+        with self._lock:
+            self.count += 1
+        return "skip"
 
 
 def _configured_names(src: SourceSpec) -> list[str]:
@@ -415,12 +459,43 @@ def _locate_decode_error(path: str, encoding: str) -> tuple[int | None, bytes | 
 
 
 def _parse_error(src: SourceSpec, read_opts: Any, parse_opts: Any, convert_opts: Any, text: str) -> InputError:
-    """Re-read single-threaded, where pyarrow numbers the rows, to name the malformed row."""
-    invalid: list[Any] = []
+    """Build an InputError that names the first malformed row."""
+    invalid = _number_invalid_rows(src, read_opts, parse_opts, convert_opts, limit=1)
+    if invalid:
+        bad = invalid[0]
+        return InputError(
+            f"expected {bad.expected_columns} fields but found {bad.actual_columns}", file=src.path, row=_data_row(src, bad), value=bad.text,
+            hint="Check the delimiter and the quoting of values that contain it, or set `csv.invalid_rows: skip` on the source "
+            "to skip such rows with a logged count",
+        )
+    return InputError(f"cannot parse CSV: {text}", file=src.path, hint="Check the delimiter, quoting and header settings")
+
+
+def _log_skipped_rows(src: SourceSpec, read_opts: Any, parse_opts: Any, convert_opts: Any, count: int, log_values: bool) -> None:
+    located = _number_invalid_rows(src, read_opts, parse_opts, convert_opts, limit=min(count, _LOGGED_INVALID_ROWS))
+    examples = "; ".join(
+        f"row {_data_row(src, row)}: expected {row.expected_columns} fields but found {row.actual_columns}"
+        + (f" ({row.text[:200]!r})" if log_values else "")
+        for row in located
+    )
+    log.warning(
+        "%s: skipped %d malformed row(s) (csv.invalid_rows: skip), counted as malformed_csv_row; first %d: %s",
+        src.path, count, len(located), examples or "row numbers not found",
+    )
+
+
+def _number_invalid_rows(src: SourceSpec, read_opts: Any, parse_opts: Any, convert_opts: Any, limit: int) -> list[Any]:
+    """Return the first ``limit`` malformed rows, re-reading single-threaded, where pyarrow numbers the rows.
+
+    The read stops at the ``limit``-th malformed row.
+    """
+    found: list[Any] = []
 
     def remember(row: Any) -> str:
-        invalid.append(row)
-        return "error"
+        if row.number is None:
+            return "error"
+        found.append(row)
+        return "error" if len(found) >= limit else "skip"
 
     read_opts = pacsv.ReadOptions(
         encoding=read_opts.encoding, block_size=read_opts.block_size, column_names=read_opts.column_names, use_threads=False
@@ -430,14 +505,12 @@ def _parse_error(src: SourceSpec, read_opts: Any, parse_opts: Any, convert_opts:
         pacsv.read_csv(src.path, read_options=read_opts, parse_options=parse_opts, convert_options=convert_opts)
     except (pa.ArrowInvalid, UnicodeDecodeError):
         pass
-    if invalid and invalid[0].number is not None:
-        bad = invalid[0]
-        row = bad.number - 1 if src.csv_header else bad.number
-        return InputError(
-            f"expected {bad.expected_columns} fields but found {bad.actual_columns}", file=src.path, row=row, value=bad.text,
-            hint="Check the delimiter and the quoting of values that contain it",
-        )
-    return InputError(f"cannot parse CSV: {text}", file=src.path, hint="Check the delimiter, quoting and header settings")
+    return found
+
+
+def _data_row(src: SourceSpec, row: Any) -> int:
+    """Return the 1-based data row of a pyarrow ``InvalidRow``, whose ``number`` counts the header line too."""
+    return row.number - 1 if src.csv_header else row.number
 
 
 # --------------------------------------------------------------------------------------
@@ -636,18 +709,65 @@ _TIE_BREAK = ["event_type", "order_id", "item_id", "amount", "quantity"]
 
 
 def _sort_by_customer_time(events: pd.DataFrame) -> pd.DataFrame:
-    """Sort by ``(customer_id, ts)`` and the tie-break columns, with a fresh index.
+    """Sort stably by ``(customer_id, ts)`` and the tie-break columns, missing values last, with a fresh index.
 
-    Skipped when the rows are already in customer and time order with no two rows of a
-    customer at the same time.
+    Rows already in customer and time order, as a log sorted by customer is, are not sorted
+    again. Only their runs of rows with equal customer and time, such as the lines of one
+    order, are sorted by the tie-break columns.
     """
-    if len(events) > 1:
-        earlier, same = _neighbours(events)
-        ts = events["ts"].to_numpy(dtype="datetime64[ns]")
-        if earlier.any() or (same & (ts[1:] <= ts[:-1])).any():
-            keys = ["customer_id", "ts", *(c for c in _TIE_BREAK if c in events.columns)]
-            return events.sort_values(keys, kind="stable", ignore_index=True, na_position="last")
-    return events.reset_index(drop=True)
+    events = events.reset_index(drop=True)
+    if len(events) < 2:
+        return events
+    earlier, same = _neighbours(events)
+    ts = events["ts"].to_numpy(dtype="datetime64[ns]").view(np.int64)
+    tie_break = [c for c in _TIE_BREAK if c in events.columns]
+    # A missing time (NaT, the smallest int64) sorts last, so it never counts as in order.
+    if earlier.any() or (same & (ts[1:] < ts[:-1])).any() or (ts == np.iinfo(np.int64).min).any():
+        order = _lexsort([_sort_key(events[c]) for c in ("customer_id", "ts", *tie_break)])
+    else:
+        tied = same & (ts[1:] == ts[:-1])
+        if not tied.any():
+            return events
+        in_run = np.zeros(len(events), dtype=bool)
+        in_run[1:] |= tied
+        in_run[:-1] |= tied
+        rows = np.flatnonzero(in_run)
+        # A row of a run that is not tied to the row before it starts the next run.
+        run = np.cumsum(~np.concatenate([[False], tied])[rows])
+        runs = events.iloc[rows]
+        order = np.arange(len(events))
+        order[rows] = rows[_lexsort([run, *(_sort_key(runs[c]) for c in tie_break)])]
+        if np.array_equal(order, np.arange(len(events))):
+            return events
+        # Rows only move within their run, where customer and time are equal, so those columns stay.
+        moved = events.columns.difference(["customer_id", "ts"], sort=False)
+        return events.assign(**{c: events[c].array.take(order) for c in moved})
+    return events.take(order).reset_index(drop=True)
+
+
+def _lexsort(keys: list[np.ndarray]) -> np.ndarray:
+    """Return the positions that sort stably by ``keys``, the first key most significant."""
+    return np.lexsort(keys[::-1])
+
+
+def _sort_key(values: pd.Series) -> np.ndarray:
+    """Return numbers that order like ``values`` in ``sort_values(na_position="last")``.
+
+    Categoricals order by their codes. Columns other than dates and floats are ranked by
+    pyarrow, which orders text by Unicode code points as pandas' ``str`` dtype does.
+    np.lexsort already puts NaN after every float.
+    """
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        codes = values.cat.codes.to_numpy(dtype=np.int64)
+        return np.where(codes < 0, len(values.cat.categories), codes)
+    if pd.api.types.is_datetime64_any_dtype(values.dtype):
+        ns = values.to_numpy(dtype="datetime64[ns]").view(np.int64)
+        return np.where(values.isna().to_numpy(), np.iinfo(np.int64).max, ns)
+    if pd.api.types.is_float_dtype(values.dtype):
+        return values.to_numpy(dtype=np.float64, na_value=np.nan)
+    arrow = pa.chunked_array(pa.array(values.array)).combine_chunks()
+    # Dense ranks put equal values together and missing values after the rest.
+    return pc.rank(arrow, sort_keys="ascending", tiebreaker="dense").to_numpy()
 
 
 def _exact_duplicates(events: pd.DataFrame) -> np.ndarray:
@@ -693,7 +813,7 @@ def cancelled_order_times(events: pd.DataFrame) -> pd.Series:
     fully = per_order.transform("count") == per_order.transform("size")
     last = per_order.transform("max")
     cancelled = matched.index[fully.to_numpy(dtype=bool)]
-    out.loc[cancelled] = last[fully.to_numpy(dtype=bool)].to_numpy()
+    out.loc[cancelled] = last[fully.to_numpy(dtype=bool)].array
     # Orders with lines dropped above (return before purchase) are never fully matched.
     return out
 
@@ -705,7 +825,7 @@ def load_events(data_cfg: Mapping[str, Any] | LogSpec, *, report: LoadReport | N
     parts = []
     for src in spec.sources:
         source_rows = 0
-        for table, file, first_row in iter_source_tables(src):
+        for table, file, first_row in iter_source_tables(src, report=report, log_values=not spec.pseudonymised):
             report.rows_read += table.num_rows
             source_rows += table.num_rows
             if file not in report.files:

@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from seqchurn.data.schema import EVENT_TYPES
 
@@ -21,6 +23,7 @@ log = logging.getLogger(__name__)
 
 PAD_ID = 0
 UNKNOWN_ID = 1
+_DAY_NS = 86_400 * 10**9
 
 NUMERIC_FEATURES = (
     "log_amount",
@@ -57,6 +60,9 @@ class FeatureSpec:
     collapse_orders: bool = True
     # Append the baselines' aggregate (RFM, windows, gaps, trends) features to the static input.
     aggregate_features: bool = False
+    # Keyword arguments of seqchurn.baselines.features.aggregate_features (windows,
+    # trend_days); empty in specs written before they were configurable, which means its defaults.
+    aggregate_options: dict = field(default_factory=dict)
     lookback_days: float = 365.0
     numeric_features: list[str] = field(default_factory=lambda: list(NUMERIC_FEATURES))
     static_features: list[str] = field(default_factory=lambda: list(STATIC_FEATURES))
@@ -105,42 +111,104 @@ def collapse_orders(events: pd.DataFrame) -> pd.DataFrame:
     Line-level logs (one row per invoice line) otherwise fill ``max_len`` with a couple of
     orders. The merged event keeps the earliest time, the summed amount and quantity, the
     first line's item, the number of lines and the latest ``cancelled_at``. Rows without an
-    order id stay as they are.
+    order id stay as they are. The result is sorted stably by customer id and time, merged
+    events before the rows without an order id.
     """
     has_order = events["order_id"].notna().to_numpy()
     if not has_order.any():
         return events.assign(n_lines=np.ones(len(events), dtype=np.float64))
-    orders = events.loc[has_order]
+    customer = customer_ranks(events["customer_id"])
+    order_rows, rest_rows = np.flatnonzero(has_order), np.flatnonzero(~has_order)
     # Grouping on one integer per (customer, order, event type) is much faster than on the
     # strings. Groups are numbered in the order of their first row, as groupby(sort=False) does.
-    group = _group_codes(orders["customer_id"], orders["order_id"], orders["event_type"])
-    merged = orders[["ts", "amount", "quantity", "cancelled_at"]].groupby(group, sort=False).agg(
+    order_codes = pd.factorize(events["order_id"])[0]
+    event_type = events["event_type"]
+    type_codes = event_type.cat.codes.to_numpy() if isinstance(event_type.dtype, pd.CategoricalDtype) else pd.factorize(event_type)[0]
+    group = _group_codes(customer[order_rows], order_codes[order_rows], type_codes[order_rows])
+    sums = events[["ts", "amount", "quantity", "cancelled_at"]].take(order_rows).groupby(group, sort=False).agg(
         ts=("ts", "min"),
         amount=("amount", "sum"),
         quantity=("quantity", "sum"),
         cancelled_at=("cancelled_at", "max"),
         n_lines=("ts", "size"),
     )
-    merged = merged.reset_index(drop=True)
-    first_row = _first_positions(group, np.ones(len(group), dtype=bool))
-    for i, key in enumerate(("customer_id", "order_id", "event_type")):
-        merged.insert(i, key, orders[key].array.take(first_row))
-    # Like groupby "first": the first non-missing item and category of the order.
-    for i, key in ((6, "item_id"), (7, "category_id")):
-        merged.insert(i, key, orders[key].array.take(_first_positions(group, orders[key].notna().to_numpy()), allow_fill=True))
-    rest = events.loc[~has_order].assign(n_lines=1)
-    out = pd.concat([merged, rest], ignore_index=True)
-    out["n_lines"] = out["n_lines"].astype("float64")
-    out["event_type"] = out["event_type"].astype(events["event_type"].dtype)
-    order = _customer_time_order(out["customer_id"], out["ts"])
-    return out[[*events.columns, "n_lines"]].take(order).reset_index(drop=True)
+
+    # Each output row reads its id columns from one input row: a merged order from its
+    # first line (item and category: from the first line that has one, like groupby
+    # "first"), any other row from itself. Output rows are merged orders, then the rest.
+    def source_rows(usable: np.ndarray | None) -> np.ndarray:
+        first = _first_positions(group, np.ones(len(group), dtype=bool) if usable is None else usable[order_rows])
+        return np.concatenate([np.where(first >= 0, order_rows[first], -1), rest_rows])
+
+    first_line = source_rows(None)
+    order = _merged_order(events["ts"].to_numpy(dtype="datetime64[ns]").view(np.int64), customer, first_line, sums["ts"], len(sums))
+
+    out = {}
+    for column in events.columns:
+        values = events[column]
+        if column in ("customer_id", "order_id", "event_type"):
+            out[column] = values.array.take(first_line[order])
+        elif column in ("item_id", "category_id"):
+            out[column] = values.array.take(source_rows(values.notna().to_numpy())[order], allow_fill=True)
+        elif column in sums.columns:
+            out[column] = pd.concat([sums[column], values.iloc[rest_rows]], ignore_index=True).array.take(order)
+        else:
+            # Other columns have no merged value: missing for merged orders, as pd.concat would leave them.
+            filled = pd.concat([pd.DataFrame(index=range(len(sums))), events[[column]].iloc[rest_rows]], ignore_index=True)[column]
+            out[column] = filled.array.take(order)
+    n_lines = np.concatenate([sums["n_lines"].to_numpy(dtype=np.float64), np.ones(len(rest_rows))])
+    out["n_lines"] = n_lines[order]
+    return pd.DataFrame(out, copy=False)
 
 
-def _group_codes(*keys: pd.Series) -> np.ndarray:
-    """Number each distinct combination of ``keys`` with one int64 code (a missing value counts as a value)."""
+def _merged_order(ts: np.ndarray, customer: np.ndarray, first_line: np.ndarray, merged_ts: pd.Series, n_merged: int) -> np.ndarray:
+    """Return the positions that sort merged orders and the other rows stably by customer, then time.
+
+    ``first_line`` is each output row's first input row; the first ``n_merged`` output rows
+    are merged orders, with their earliest time in ``merged_ts``.
+    """
+    in_order = np.ones(len(ts), dtype=bool)
+    in_order[1:] = (customer[1:] > customer[:-1]) | ((customer[1:] == customer[:-1]) & (ts[1:] >= ts[:-1]))
+    if not in_order.all():
+        out_ts = np.concatenate([merged_ts.to_numpy(dtype="datetime64[ns]").view(np.int64), ts[first_line[n_merged:]]])
+        return np.lexsort((out_ts, customer[first_line]))
+    # In customer and time order, an order's first line is its earliest, so each output row
+    # sorts like its first line's run of equal customer and time. Within a run, merged orders
+    # go first; a stable sort of this key, which is two ascending runs, is a linear merge.
+    new_run = np.ones(len(ts), dtype=bool)
+    new_run[1:] = (customer[1:] != customer[:-1]) | (ts[1:] != ts[:-1])
+    key = 2 * (np.cumsum(new_run)[first_line] - 1)
+    key[n_merged:] += 1
+    return np.argsort(key, kind="stable")
+
+
+def customer_ranks(ids: pd.Series) -> np.ndarray:
+    """Number customer ids ``0, 1, ...`` in sorted order, equal ids alike and missing ids last.
+
+    A frame sorted by customer, as :func:`seqchurn.data.io.finalise` returns, is numbered
+    by counting the runs of equal ids, which needs no sorting or hashing of strings.
+    """
+    if len(ids) == 0:
+        return np.zeros(0, dtype=np.int64)
+    arrow = _arrow(ids)
+    if arrow.null_count == 0 and len(arrow) > 1:
+        this, previous = arrow.slice(1), arrow.slice(0, len(arrow) - 1)
+        if not pc.any(pc.less(this, previous)).as_py():
+            new_run = np.concatenate([[False], pc.not_equal(this, previous).to_numpy(zero_copy_only=False)])
+            return np.cumsum(new_run)
+    return pc.rank(arrow, sort_keys="ascending", tiebreaker="dense").to_numpy().astype(np.int64) - 1
+
+
+def _arrow(values: pd.Series) -> pa.Array:
+    """Return a Series' values as one pyarrow array (zero-copy for pandas' ``str`` dtype)."""
+    return pa.chunked_array(pa.array(values.array)).combine_chunks()
+
+
+def _group_codes(*keys: np.ndarray) -> np.ndarray:
+    """Number each distinct combination of integer ``keys`` with one int64 code, in order of first appearance."""
     codes = np.zeros(len(keys[0]), dtype=np.int64)
     for key in keys:
-        key_codes, uniques = pd.factorize(key, use_na_sentinel=False)
+        key_codes, uniques = pd.factorize(key)
         # Renumbering after each key keeps codes below the row count, so the product cannot overflow.
         codes = pd.factorize(codes * len(uniques) + key_codes)[0]
     return codes
@@ -149,17 +217,49 @@ def _group_codes(*keys: pd.Series) -> np.ndarray:
 def _first_positions(group: np.ndarray, usable: np.ndarray) -> np.ndarray:
     """Find, for group codes ``0..max``, the position of each group's first row where ``usable`` is True (-1 if none)."""
     n_groups = int(group.max()) + 1 if len(group) else 0
-    first = np.full(n_groups, -1, dtype=np.int64)
+    first = np.full(n_groups, len(group), dtype=np.int64)
     positions = np.flatnonzero(usable)
-    codes, at = np.unique(group[positions], return_index=True)
-    first[codes] = positions[at]
+    np.minimum.at(first, group[positions], positions)
+    first[first == len(group)] = -1
     return first
 
 
-def _customer_time_order(customer_id: pd.Series, ts: pd.Series) -> np.ndarray:
-    """Return the positions that sort rows stably by customer id, then time (the order ``sort_values`` gives)."""
-    customer_rank = pd.factorize(customer_id, sort=True)[0]
-    return np.lexsort((ts.to_numpy(dtype="datetime64[ns]").view(np.int64), customer_rank))
+def _history_rows(events: pd.DataFrame, snapshots: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, pd.Series]:
+    """Find the events strictly before each snapshot's cutoff, one block per snapshot row.
+
+    Returns the events' positions, their snapshot rows and the cutoffs of those rows,
+    sorted by ``(row, ts)``.
+    """
+    customers = pd.Series(snapshots["customer_id"].to_numpy())
+    cutoffs = pd.to_datetime(snapshots["cutoff"], utc=True).reset_index(drop=True)
+    ts = events["ts"].to_numpy(dtype="datetime64[ns]").view(np.int64)
+    if cutoffs.nunique() == 1 and customers.is_unique:
+        # One cutoff (scoring): each event's row is a lookup of its customer. Neighbouring
+        # rows of one customer share the lookup, so only the first row of each run is looked up.
+        ids = _arrow(events["customer_id"])
+        new_run = np.ones(len(ids), dtype=bool)
+        if len(ids) > 1:
+            new_run[1:] = pc.not_equal(ids.slice(1), ids.slice(0, len(ids) - 1)).fill_null(True).to_numpy(zero_copy_only=False)
+        starts = np.flatnonzero(new_run)
+        run_row = pd.Index(customers).get_indexer(pd.Index(ids.take(starts).to_pandas()))
+        row = np.repeat(run_row, np.diff(np.append(starts, len(ids))))
+        cutoff = cutoffs.iloc[0] if len(cutoffs) else None
+        before = ts < cutoff.value if cutoff is not None else np.zeros(len(ts), dtype=bool)
+        positions = np.flatnonzero(before & (row >= 0))
+        row = row[positions]
+    else:
+        snaps = pd.DataFrame({"customer_id": customers, "row": np.arange(len(snapshots))})
+        pairs = pd.DataFrame({"customer_id": events["customer_id"].to_numpy(), "position": np.arange(len(events))})
+        pairs = pairs.merge(snaps, on="customer_id", how="inner", sort=False)
+        positions, row = pairs["position"].to_numpy(), pairs["row"].to_numpy()
+        before = ts[positions] < cutoffs.to_numpy(dtype="datetime64[ns]").view(np.int64)[row]
+        positions, row = positions[before], row[before]
+    hist_ts = ts[positions]
+    in_order = np.all((row[1:] > row[:-1]) | ((row[1:] == row[:-1]) & (hist_ts[1:] >= hist_ts[:-1])))
+    if not in_order:
+        order = np.lexsort((hist_ts, row))
+        positions, row = positions[order], row[order]
+    return positions, row, cutoffs.iloc[row].reset_index(drop=True)
 
 
 def _history(events: pd.DataFrame, snapshots: pd.DataFrame) -> pd.DataFrame:
@@ -168,26 +268,8 @@ def _history(events: pd.DataFrame, snapshots: pd.DataFrame) -> pd.DataFrame:
     Returns the events with a ``row`` column (position in ``snapshots``) and ``cutoff``,
     sorted by ``(row, ts)``.
     """
-    snaps = pd.DataFrame({"customer_id": snapshots["customer_id"].to_numpy(), "cutoff": snapshots["cutoff"].to_numpy(), "row": np.arange(len(snapshots))})
-    snaps["cutoff"] = pd.to_datetime(snaps["cutoff"], utc=True)
-    if snaps["cutoff"].nunique() == 1 and snaps["customer_id"].is_unique:
-        # One cutoff (scoring): a filter and a lookup of each event's customer are enough.
-        cutoff = snaps["cutoff"].iloc[0]
-        before = (events["ts"] < cutoff).to_numpy()
-        past = events if before.all() else events.loc[before]
-        row = pd.Index(snaps["customer_id"]).get_indexer(past["customer_id"])
-        found = row >= 0
-        hist = past.loc[found].reset_index(drop=True)
-        hist["cutoff"] = snaps["cutoff"].array.take(row[found])
-        hist["row"] = row[found]
-    else:
-        hist = events.merge(snaps, on="customer_id", how="inner", sort=False)
-        hist = hist[hist["ts"] < hist["cutoff"]]
-    row, ts = hist["row"].to_numpy(), hist["ts"].to_numpy(dtype="datetime64[ns]")
-    in_order = np.all((row[1:] > row[:-1]) | ((row[1:] == row[:-1]) & (ts[1:] >= ts[:-1])))
-    if in_order:
-        return hist.reset_index(drop=True)
-    return hist.take(np.lexsort((ts.view(np.int64), row))).reset_index(drop=True)
+    positions, row, cutoff = _history_rows(events, snapshots)
+    return events.take(positions).reset_index(drop=True).assign(cutoff=cutoff, row=row)
 
 
 def _days(delta: pd.Series) -> np.ndarray:
@@ -195,30 +277,36 @@ def _days(delta: pd.Series) -> np.ndarray:
 
 
 def static_features(hist: pd.DataFrame, n_rows: int, activity_types: list[str]) -> np.ndarray:
-    """Per-snapshot features over the whole history before the cutoff: ``(N, S)`` float64 (raw)."""
+    """Per-snapshot features over the whole history before the cutoff: ``(N, S)`` float64 (raw).
+
+    ``hist`` holds the history rows sorted by ``row``, as :func:`_history` returns them,
+    plus an ``age_days`` column (days before the cutoff).
+    """
     out = np.zeros((n_rows, len(STATIC_FEATURES)), dtype=np.float64)
     if hist.empty:
         return out
     row = hist["row"].to_numpy()
-    age = _days(hist["cutoff"] - hist["ts"])  # days before the cutoff
+    age = hist["age_days"].to_numpy()
     cancelled_before = (hist["cancelled_at"].notna() & (hist["cancelled_at"] < hist["cutoff"])).to_numpy()
     is_act = hist["event_type"].isin(activity_types).to_numpy() & ~cancelled_before
     is_purchase = (hist["event_type"] == "purchase").to_numpy() & ~cancelled_before
     is_return = (hist["event_type"] == "return").to_numpy()
     amount = hist["amount"].to_numpy()
 
-    def per_row(values: np.ndarray, how: str, fill: float) -> np.ndarray:
-        s = pd.Series(values).groupby(row).agg(how)
+    # Each row's events are one contiguous block, so a reduction per block is one reduceat.
+    starts = np.flatnonzero(np.concatenate([[True], row[1:] != row[:-1]]))
+
+    def per_row(values: np.ndarray, reduce: np.ufunc, fill: float) -> np.ndarray:
         res = np.full(n_rows, fill)
-        res[s.index.to_numpy()] = s.to_numpy()
+        res[row[starts]] = reduce.reduceat(values, starts)
         return res
 
     big = 10_000.0  # days; "never" for customers without an activity event in their history
-    last_act = per_row(np.where(is_act, age, np.inf), "min", big)
+    last_act = per_row(np.where(is_act, age, np.inf), np.minimum, big)
     last_act[np.isinf(last_act)] = big
     out[:, 0] = np.log1p(last_act)
-    out[:, 1] = np.log1p(per_row(age, "min", big))
-    out[:, 2] = np.log1p(per_row(age, "max", 0.0))
+    out[:, 1] = np.log1p(per_row(age, np.minimum, big))
+    out[:, 2] = np.log1p(per_row(age, np.maximum, 0.0))
     out[:, 3] = np.log1p(np.bincount(row, minlength=n_rows))
     out[:, 4] = np.log1p(np.bincount(row, weights=(is_act & (age < 90)).astype(float), minlength=n_rows))
     out[:, 5] = np.log1p(np.bincount(row, weights=np.where(is_purchase & (age < 90), amount, 0.0), minlength=n_rows))
@@ -228,7 +316,7 @@ def static_features(hist: pd.DataFrame, n_rows: int, activity_types: list[str]) 
     out[:, 7] = n_ret / np.maximum(n_buy + n_ret, 1.0)
     # Mean gap between activity events = span / (count - 1); 0 for customers with one event.
     act_count = np.bincount(row, weights=is_act.astype(float), minlength=n_rows)
-    first_act = per_row(np.where(is_act, age, -np.inf), "max", 0.0)
+    first_act = per_row(np.where(is_act, age, -np.inf), np.maximum, 0.0)
     first_act[np.isinf(first_act)] = 0.0
     span = np.maximum(first_act - np.where(last_act >= big, 0.0, last_act), 0.0)
     mean_gap = np.where(act_count > 1, span / np.maximum(act_count - 1, 1.0), 0.0)
@@ -247,7 +335,7 @@ def aggregate_static(events: pd.DataFrame, snapshots: pd.DataFrame, spec: Featur
     churn = ChurnDefinition(tuple(spec.activity_types), spec.lookback_days, 1.0)
     snaps = pd.DataFrame({"customer_id": snapshots["customer_id"].to_numpy(), "cutoff": pd.to_datetime(snapshots["cutoff"], utc=True).to_numpy()})
     snaps["cutoff"] = pd.to_datetime(snaps["cutoff"], utc=True)
-    values = aggregate_features(events, snaps, churn).to_numpy(dtype=np.float64)
+    values = aggregate_features(events, snaps, churn, **spec.aggregate_options).to_numpy(dtype=np.float64)
     return np.sign(values) * np.log1p(np.abs(values))
 
 
@@ -268,20 +356,24 @@ def build_arrays(events: pd.DataFrame, snapshots: pd.DataFrame, spec: FeatureSpe
     before normalisation (used to fit the normalisation constants).
     """
     n, T = len(snapshots), spec.max_len
-    # Only these columns are read below; leaving out the other string columns saves copying them.
-    used = [c for c in ("customer_id", "ts", "event_type", "amount", "quantity", "item_id", "cancelled_at", "n_lines") if c in events.columns]
-    hist = _history(events[used], snapshots)
+    positions, row, cutoff = _history_rows(events, snapshots)
+    # Only these columns are read below; the string columns are not copied (items are looked up by position).
+    used = [c for c in ("ts", "event_type", "amount", "quantity", "cancelled_at", "n_lines") if c in events.columns]
+    hist = events[used].take(positions).reset_index(drop=True)
+    hist["row"] = row
+    hist["cutoff"] = cutoff
+    hist["age_days"] = _days(cutoff - hist["ts"])
     # Keep the last max_len events per row: count from the end within each row block
-    # (_history returns the rows sorted by row, so each block is contiguous).
-    block_size = np.bincount(hist["row"].to_numpy(), minlength=n)
+    # (_history_rows returns the rows sorted by row, so each block is contiguous).
+    block_size = np.bincount(row, minlength=n)
     block_end = np.cumsum(block_size)
-    from_end = block_end[hist["row"].to_numpy()] - 1 - np.arange(len(hist))
+    from_end = block_end[row] - 1 - np.arange(len(hist))
     keep = from_end < T
     static = static_features(hist, n, spec.activity_types)
     if spec.aggregate_features:
         static = np.concatenate([static, aggregate_static(events, snapshots, spec)], axis=1)
     hist = hist.loc[keep].reset_index(drop=True)
-    from_end = from_end[keep]
+    positions, from_end = positions[keep], from_end[keep]
 
     row = hist["row"].to_numpy()
     lengths = np.bincount(row, minlength=n)
@@ -295,18 +387,20 @@ def build_arrays(events: pd.DataFrame, snapshots: pd.DataFrame, spec: FeatureSpe
     item = np.zeros((n, T), dtype=np.int64)
     unknown = 0
     if spec.item_vocab:
-        codes = _lookup(pd.Index(spec.item_vocab), hist["item_id"])
+        codes = _vocabulary_codes(spec.item_vocab, events["item_id"], positions)
         unknown = int((codes < 0).sum())
         item[row, pos] = np.where(codes < 0, UNKNOWN_ID, codes + 2)
 
-    ts_sec = hist["ts"].astype("int64").to_numpy() / 1e9
+    ts_ns = hist["ts"].to_numpy(dtype="datetime64[ns]").view(np.int64)
+    ts_sec = ts_ns / 1e9
     prev_sec = np.roll(ts_sec, 1)
     first = np.ones(len(hist), dtype=bool)
     if len(hist):
         first[1:] = row[1:] != row[:-1]
     gap_hours = np.where(first, 0.0, (ts_sec - prev_sec) / 3600.0)
-    age_days = _days(hist["cutoff"] - hist["ts"])
-    dow = hist["ts"].dt.day_of_week.to_numpy() * (2 * np.pi / 7)
+    age_days = hist["age_days"].to_numpy()
+    # Monday = 0, as pandas' day_of_week; 1970-01-01 (day 0 of the epoch) was a Thursday.
+    dow = ((ts_ns // _DAY_NS + 3) % 7) * (2 * np.pi / 7)
     n_lines = hist["n_lines"].to_numpy() if "n_lines" in hist else np.ones(len(hist))
     feats = np.stack(
         [
@@ -325,12 +419,24 @@ def build_arrays(events: pd.DataFrame, snapshots: pd.DataFrame, spec: FeatureSpe
     mask = np.zeros((n, T), dtype=bool)
     mask[row, pos] = True
     if not raw and spec.numeric_mean:
-        feats = (feats - np.asarray(spec.numeric_mean)) / np.asarray(spec.numeric_std)
+        # In place: the same arithmetic without two more arrays of every event's features.
+        feats -= np.asarray(spec.numeric_mean)
+        feats /= np.asarray(spec.numeric_std)
         static = (static - np.asarray(spec.static_mean)) / np.asarray(spec.static_std)
     numeric[row, pos] = feats.astype(np.float32)
     if unknown:
         log.info("%d of %d events have items outside the training vocabulary (unknown id %d)", unknown, len(hist), UNKNOWN_ID)
     return SequenceArrays(event_type, item, numeric, mask, static.astype(np.float32), unknown_items=unknown)
+
+
+def _vocabulary_codes(vocabulary: list[str], values: pd.Series, positions: np.ndarray) -> np.ndarray:
+    """Find the position in ``vocabulary`` of ``values`` at ``positions`` (-1 when absent or missing)."""
+    arrow = _arrow(values)
+    if not (pa.types.is_string(arrow.type) or pa.types.is_large_string(arrow.type)):
+        return _lookup(pd.Index(vocabulary), values.iloc[positions])
+    # pyarrow hashes the vocabulary once and looks every value up in C, with no copy of the strings.
+    found = pc.index_in(arrow, value_set=pa.array(vocabulary, type=arrow.type))
+    return found.fill_null(-1).to_numpy().astype(np.int64)[positions]
 
 
 def _lookup(vocabulary: pd.Index, values: pd.Series) -> np.ndarray:
@@ -352,6 +458,7 @@ def fit_spec(
     activity_types: list[str],
     collapse: bool,
     aggregate: bool = False,
+    aggregate_options: dict | None = None,
     lookback_days: float = 365.0,
 ) -> FeatureSpec:
     """Fit vocabularies and normalisation constants on the training snapshots only."""
@@ -362,12 +469,13 @@ def fit_spec(
         item_vocab=fit_item_vocab(events, last_train_cutoff, item_vocab_size),
         collapse_orders=collapse,
         aggregate_features=aggregate,
+        aggregate_options=dict(aggregate_options or {}),
         lookback_days=lookback_days,
     )
     if aggregate:
         from seqchurn.baselines.features import feature_names
 
-        spec.static_features = [*STATIC_FEATURES, *(f"agg_{name}" for name in feature_names())]
+        spec.static_features = [*STATIC_FEATURES, *(f"agg_{name}" for name in feature_names(**spec.aggregate_options))]
     raw = build_arrays(events, train_snapshots, spec, raw=True)
     feats = raw.numeric[raw.mask].astype(np.float64)
     spec.numeric_mean = feats.mean(0).tolist()

@@ -53,9 +53,14 @@ class EventEmbedding(nn.Module):
 
 
 class ChurnHead(nn.Module):
-    """Combine the sequence summary with the static (per-customer) features into logits."""
+    """Combine the sequence summary with the static (per-customer) features into logits.
 
-    def __init__(self, d_seq: int, n_static: int, hidden: int, n_outputs: int = 1, dropout: float = 0.1) -> None:
+    With ``wide=True`` a linear layer on the static features is added to the logits, beside
+    the MLP (the "wide" part of a Wide & Deep model), so that a logistic
+    regression on those features is part of what the model can represent from the start.
+    """
+
+    def __init__(self, d_seq: int, n_static: int, hidden: int, n_outputs: int = 1, dropout: float = 0.1, wide: bool = False) -> None:
         super().__init__()
         self.net = nn.Sequential(
             nn.Linear(d_seq + n_static, hidden),
@@ -63,7 +68,11 @@ class ChurnHead(nn.Module):
             nn.Dropout(dropout),
             nn.Linear(hidden, n_outputs),
         )
+        self.wide = nn.Linear(n_static, n_outputs, bias=False) if wide and n_static > 0 else None
 
     def forward(self, summary: torch.Tensor, static: torch.Tensor) -> torch.Tensor:
         # summary: (B, D), static: (B, S) -> (B, n_outputs)
-        return self.net(torch.cat([summary, static], dim=-1))
+        logits = self.net(torch.cat([summary, static], dim=-1))
+        if self.wide is not None:
+            logits = logits + self.wide(static)
+        return logits

@@ -27,11 +27,12 @@ class GRUEncoder(nn.Module):
         dropout: float = 0.1,
         item_dim: int = 16,
         n_outputs: int = 1,
+        wide: bool = False,
     ) -> None:
         super().__init__()
         self.embed = EventEmbedding(n_event_types, n_items, n_numeric, hidden_size, item_dim)
         self.gru = nn.GRU(hidden_size, hidden_size, num_layers=num_layers, batch_first=True, dropout=dropout if num_layers > 1 else 0.0)
-        self.head = ChurnHead(hidden_size, n_static, hidden_size, n_outputs, dropout)
+        self.head = ChurnHead(hidden_size, n_static, hidden_size, n_outputs, dropout, wide=wide)
 
     def forward(
         self, event_type: torch.Tensor, item: torch.Tensor, numeric: torch.Tensor, mask: torch.Tensor, static: torch.Tensor

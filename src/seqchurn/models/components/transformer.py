@@ -65,6 +65,7 @@ class TransformerEncoder(nn.Module):
         item_dim: int = 16,
         time_feature: int = TIME_FEATURE,
         n_outputs: int = 1,
+        wide: bool = False,
     ) -> None:
         super().__init__()
         if hidden_size % num_heads:
@@ -89,7 +90,7 @@ class TransformerEncoder(nn.Module):
             norm_first=True,
         )
         self.encoder = nn.TransformerEncoder(layer, num_layers, norm=nn.LayerNorm(hidden_size), enable_nested_tensor=False)
-        self.head = ChurnHead(2 * hidden_size, n_static, hidden_size, n_outputs, dropout)
+        self.head = ChurnHead(2 * hidden_size, n_static, hidden_size, n_outputs, dropout, wide=wide)
 
     def forward(
         self, event_type: torch.Tensor, item: torch.Tensor, numeric: torch.Tensor, mask: torch.Tensor, static: torch.Tensor

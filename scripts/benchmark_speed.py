@@ -7,15 +7,17 @@ One run measures, on a log of ``--customers`` x ``--events-per-customer`` events
 1. the floor: pyarrow reading only the mapped columns, partition by partition;
 2. sequence building (canonicalise + finalise, then collapse + snapshot + arrays), events/s;
 3. onnxruntime against PyTorch eager on the same model and batches, with a thread and
-   batch-size sweep and a check of dynamic int8 quantisation on validation sequences;
+   batch-size sweep and a check of dynamic int8 quantisation on validation sequences, for
+   the GRU, and the same comparison on one thread for the transformer;
 4. ``seqchurn score`` end to end (log -> scores + alerts): wall time and peak RSS of the
    subprocess and its children;
 5. the alternative, pandas aggregate features + LightGBM, end to end on the same log and
    with the same loader: wall time and peak RSS;
 6. CPU training throughput (sequences/s) for every model config in conf/model/.
 
-The model is a small GRU trained for a few batches on a smaller synthetic log (speed, not
-quality, is the point), exported with ``seqchurn export``.
+The models are a small GRU and a small transformer trained for a few batches on a smaller
+synthetic log (speed, not quality, is the point), exported with ``seqchurn export``;
+``seqchurn score`` runs the GRU.
 
 Usage::
 
@@ -188,22 +190,23 @@ def make_log(out_dir: Path, customers: int, events_per_customer: float, keep: bo
     return generate(out_dir, customers, events_per_customer=events_per_customer, overwrite=True)
 
 
-def train_and_export(s: Settings, train_log: Path) -> Path:
-    """Train a small GRU for a few batches with `seqchurn train`, export it; return the model folder."""
+def train_and_export(s: Settings, train_log: Path, model: str = "gru") -> Path:
+    """Train a small ``model`` (conf/model/) for a few batches with `seqchurn train`, export it; return the model folder."""
     work = s.work_dir
-    common = [f"paths.root_dir={work}", "run_name=bench_gru", f"hydra.run.dir={work / 'hydra' / 'train'}"]
+    name = f"bench_{model}"
+    common = [f"paths.root_dir={work}", f"run_name={name}", f"hydra.run.dir={work / 'hydra' / f'train_{model}'}"]
     run_measured(
         cli(
-            "train", "data=synthetic", f"data.sources.0.path={train_log}", f"data.cache_dir={work / 'cache'}",
+            "train", "data=synthetic", f"model={model}", f"data.sources.0.path={train_log}", f"data.cache_dir={work / 'cache'}",
             f"model.net.hidden_size={s.hidden_size}", "trainer.max_epochs=1", f"+trainer.limit_train_batches={s.train_batches}",
             "+trainer.limit_val_batches=2", "trainer.accelerator=cpu", "logger=none", *common,
         ),
-        cwd=REPO_ROOT, log_file=work / "train.log",
+        cwd=REPO_ROOT, log_file=work / f"train_{model}.log",
     )
-    model_dir = work / "checkpoints" / "bench_gru"
+    model_dir = work / "checkpoints" / name
     run_measured(
-        cli("export", f"ckpt_dir={model_dir}", f"paths.root_dir={work}", f"hydra.run.dir={work / 'hydra' / 'export'}"),
-        cwd=REPO_ROOT, log_file=work / "export.log",
+        cli("export", f"ckpt_dir={model_dir}", f"paths.root_dir={work}", f"hydra.run.dir={work / 'hydra' / f'export_{model}'}"),
+        cwd=REPO_ROOT, log_file=work / f"export_{model}.log",
     )
     return model_dir
 
@@ -234,6 +237,7 @@ def measure_sequences(log_dir: Path, model_dir: Path, partitions: int) -> tuple[
     spec = LogSpec.from_config(data_config(log_dir, None))
     model = score.load_model(model_dir)
     as_of = to_utc(AS_OF)
+    score.use_system_memory_pool()  # as `seqchurn score` does
     totals = {"prepare": 0.0, "features": 0.0, "prepare_cpu": 0.0, "features_cpu": 0.0, "rows": 0, "events_before_as_of": 0, "customers": 0}
     inputs = []
     for piece in score.iter_pieces(spec, stream=True):
@@ -271,8 +275,6 @@ def measure_inference(model_dir: Path, inputs: dict[str, np.ndarray], val_inputs
     from scipy.stats import spearmanr
 
     from seqchurn import score
-    from seqchurn.data.sequences import length_batches
-    from seqchurn.export import ScoringModel, load_net
 
     n = len(inputs["mask"])
     out: dict[str, Any] = {"customers": n, "ort": {}, "eager": {}}
@@ -298,19 +300,7 @@ def measure_inference(model_dir: Path, inputs: dict[str, np.ndarray], val_inputs
         session = ort.InferenceSession(onnx_bytes, sess_options=options, providers=["CPUExecutionProvider"])
         out["optimisation"][level], _ = ort_rate(session, best_batch, inputs, 1)
 
-    summary = json.loads((model_dir / "training_summary.json").read_text())
-    net = ScoringModel(load_net(summary, summary["best_checkpoint"]), summary.get("temperature", 1.0)).eval()
-    batches = length_batches(inputs["mask"], best_batch)
-
-    def eager() -> np.ndarray:
-        prob = np.empty(n, dtype=np.float32)
-        with torch.inference_mode():
-            for idx, length in batches:
-                feed = [torch.from_numpy(np.ascontiguousarray(inputs[k][idx][:, :length])) for k in ("event_type", "item", "numeric", "mask")]
-                feed.append(torch.from_numpy(np.ascontiguousarray(inputs["static"][idx])))
-                prob[idx] = net(*feed).numpy()
-        return prob
-
+    eager = eager_scorer(model_dir, inputs, best_batch)
     torch_threads = torch.get_num_threads()
     for threads in (1, max(1, os.cpu_count() or 1)):
         torch.set_num_threads(threads)
@@ -344,6 +334,61 @@ def measure_inference(model_dir: Path, inputs: dict[str, np.ndarray], val_inputs
     q = out["quantize"]
     q["offered"] = q["max_abs_diff"] <= QUANTIZE_MAX_ABS_DIFF and q["speedup"] >= QUANTIZE_MIN_SPEEDUP
     return out
+
+
+def eager_scorer(model_dir: Path, inputs: dict[str, np.ndarray], batch_size: int):
+    """Return a function that scores ``inputs`` with PyTorch eager in the length-sorted batches that onnxruntime gets."""
+    import torch
+
+    from seqchurn.data.sequences import length_batches
+    from seqchurn.export import ScoringModel, load_net
+
+    summary = json.loads((model_dir / "training_summary.json").read_text())
+    net = ScoringModel(load_net(summary, summary["best_checkpoint"]), summary.get("temperature", 1.0)).eval()
+    batches = length_batches(inputs["mask"], batch_size)
+
+    def eager() -> np.ndarray:
+        prob = np.empty(len(inputs["mask"]), dtype=np.float32)
+        with torch.inference_mode():
+            for idx, length in batches:
+                feed = [torch.from_numpy(np.ascontiguousarray(inputs[k][idx][:, :length])) for k in ("event_type", "item", "numeric", "mask")]
+                feed.append(torch.from_numpy(np.ascontiguousarray(inputs["static"][idx])))
+                prob[idx] = net(*feed).numpy()
+        return prob
+
+    return eager
+
+
+def measure_engines(model_dir: Path, inputs: dict[str, np.ndarray], batch_size: int) -> dict[str, float]:
+    """onnxruntime (``seqchurn score``'s session options) against PyTorch eager: customers per CPU second on one thread.
+
+    Both engines score the same sequences in the same batches, so the ratio compares the
+    engines alone.
+    """
+    import onnxruntime as ort
+    import torch
+
+    from seqchurn import score
+
+    n = len(inputs["mask"])
+    session = ort.InferenceSession((model_dir / "model.onnx").read_bytes(), sess_options=score.session_options(1), providers=["CPUExecutionProvider"])
+    score.run_session(session, inputs, batch_size)  # warm-up
+    _, ort_cpu, ort_prob = best_of(lambda: score.run_session(session, inputs, batch_size), 2)
+    eager = eager_scorer(model_dir, inputs, batch_size)
+    torch_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        eager()  # warm-up
+        _, eager_cpu, eager_prob = best_of(eager, 2)
+    finally:
+        torch.set_num_threads(torch_threads)
+    return {
+        "customers": n,
+        "batch_size": batch_size,
+        "ort": n / ort_cpu,
+        "eager": n / eager_cpu,
+        "max_abs_diff": float(np.abs(ort_prob.astype(np.float64) - eager_prob).max()),
+    }
 
 
 def validation_inputs(train_log: Path, work_dir: Path) -> dict[str, np.ndarray]:
@@ -498,7 +543,8 @@ def _target_rows(r: Results) -> list[tuple[str, str, str, str]]:
     v, cores = r.values, r.machine["usable_cores"]
     e2e, alt, floor = v["e2e"], v["alternative"], v["floor"]
     rss_gb = e2e["peak_rss_bytes"] / 2**30
-    ort_over_eager = _ort_1(v) / v["inference"]["eager"][1]
+    ratios = _engine_ratios(v)
+    ort_over_eager = max(ratios.values())
     e2e_bound = e2e["cpu_seconds"] / cores
 
     def met(wall_ok: bool, cpu_ok: bool) -> str:
@@ -517,8 +563,8 @@ def _target_rows(r: Results) -> list[tuple[str, str, str, str]]:
         ),
         ("peak RSS of `seqchurn score` (process + children)", f"{rss_gb:.2f} GB", f"<= {TARGETS['peak_rss_gb']:.0f} GB", met(rss_gb <= TARGETS["peak_rss_gb"], False)),
         (
-            "onnxruntime / PyTorch eager (1 thread each, per CPU second)",
-            f"{ort_over_eager:.2f}x",
+            "onnxruntime / PyTorch eager (same model and batches, 1 thread each, per CPU second)",
+            "; ".join(f"{name} {ratio:.2f}x" for name, ratio in ratios.items()),
             f">= {TARGETS['ort_over_eager']:.0f}x",
             met(ort_over_eager >= TARGETS["ort_over_eager"], False),
         ),
@@ -535,6 +581,15 @@ def _target_rows(r: Results) -> list[tuple[str, str, str, str]]:
             met(e2e["seconds"] <= TARGETS["e2e_over_floor"] * floor["seconds"], e2e["cpu_seconds"] <= TARGETS["e2e_over_floor"] * floor["cpu_seconds"]),
         ),
     ]
+
+
+def _engine_ratios(v: dict) -> dict[str, float]:
+    """onnxruntime / eager on one thread per model: the GRU at its best batch size, and the transformer when measured."""
+    inf = v["inference"]
+    ratios = {"GRU": _ort_1(v) / inf["eager"][1]}
+    if "transformer" in inf:
+        ratios["transformer"] = inf["transformer"]["ort"] / inf["transformer"]["eager"]
+    return ratios
 
 
 def _ort_1(v: dict) -> float:
@@ -568,7 +623,8 @@ def _header(r: Results) -> list[str]:
         f"{fmt(log_info['n_events'])} events of {fmt(log_info['n_customers'])} customers in {log_info['n_files']} Parquet files "
         f"({log_info['n_partitions']} `bucket=` partitions, {v['log_bytes'] / 2**20:,.0f} MiB){generated}.",
         f"- Model: GRU, hidden size {s.hidden_size}, trained for {s.train_batches} batches on a log of {fmt(s.train_customers)} customers "
-        "and exported with `seqchurn export` (speed, not quality, is the point).",
+        "and exported with `seqchurn export` (speed, not quality, is the point); `seqchurn score` runs it. A transformer of the "
+        "same hidden size, trained and exported the same way, is compared across engines only.",
         f"- Scored as of {AS_OF}: {fmt(v['e2e']['summary']['customers_scored'])} active customers.",
     ]
 
@@ -641,9 +697,10 @@ def _inference(r: Results) -> list[str]:
         "",
         "| engine | 1 thread | all cores |",
         "|---|---|---|",
-        f"| onnxruntime (graph optimisation: all) | {fmt(_ort_1(v))} | {fmt(ort_all)} |",
+        f"| onnxruntime (graph optimisation: {_score_optimisation_level().removeprefix('enable_')}) | {fmt(_ort_1(v))} | {fmt(ort_all)} |",
         f"| PyTorch eager (`inference_mode`) | {fmt(inf['eager'][1])} | {fmt(eager_all)} |",
         f"| ratio | {_ort_1(v) / inf['eager'][1]:.2f}x | {ort_all / eager_all:.2f}x |",
+        *_transformer_lines(inf),
         "",
         "onnxruntime graph optimisation level (1 thread, batches of the best size, customers per CPU second): "
         + (
@@ -651,7 +708,7 @@ def _inference(r: Results) -> list[str]:
             if "optimisation" in inf
             else "not measured"
         )
-        + ". `seqchurn score` uses `enable_all` (set in `seqchurn.score.session_options`).",
+        + f". `seqchurn score` uses `{_score_optimisation_level()}` (set in `seqchurn.score.session_options`).",
         "",
         "onnxruntime customers/s by batch size and intra-op threads (0 = one per core):",
         "",
@@ -668,6 +725,25 @@ def _inference(r: Results) -> list[str]:
             else "Several threads per call were faster at some batch sizes here, but in `seqchurn score` they would compete with the other workers. "
         )
         + f"In this run the fastest batch size on one thread was {best}.",
+    ]
+
+
+def _score_optimisation_level() -> str:
+    from seqchurn import score
+
+    return str(score.session_options(1).graph_optimization_level).rsplit(".", 1)[-1].removeprefix("ORT_").lower()
+
+
+def _transformer_lines(inf: dict) -> list[str]:
+    t = inf.get("transformer")
+    if t is None:
+        return []
+    return [
+        "",
+        f"The transformer (conf/model/transformer.yaml with the same hidden size), trained and exported like the GRU, on the "
+        f"same partitions' {fmt(t['customers'])} sequences in batches of {t['batch_size']}, 1 thread, customers per CPU second: "
+        f"onnxruntime {fmt(t['ort'])}, PyTorch eager {fmt(t['eager'])}, ratio {t['ort'] / t['eager']:.2f}x "
+        f"(max |difference| of the probabilities {t['max_abs_diff']:.1e}).",
     ]
 
 
@@ -719,21 +795,51 @@ def _limits(r: Results) -> list[str]:
         "",
         f"- End to end against the floor: the floor only decodes Parquet ({fmt(floor['rows_per_s'] / 1e6, 1)} M rows/s). "
         "`seqchurn score` then turns strings into canonical columns, checks every value, sorts and de-duplicates, merges "
-        "order lines and builds padded arrays with pandas. One core does that at "
-        f"{fmt(seq['rows_per_s'] / 1e6, 2)} M rows/s, which is {fmt(floor['rows'] / seq['rows_per_s'], 0)} core-seconds for this log "
-        "before inference, so pandas work, not reading, sets the wall time; worker processes spread it over the cores.",
-        "- onnxruntime against eager: most of the arithmetic is in one GRU layer over up to "
+        "order lines, builds padded arrays and runs the network. "
+        + _stage_shares(e2e["summary"]["details"]["score_seconds"])
+        + f"One core prepares sequences at {fmt(seq['rows_per_s'] / 1e6, 2)} M rows/s, which is "
+        f"{fmt(floor['rows'] / seq['rows_per_s'], 0)} core-seconds for this log before inference; worker processes spread "
+        "that over the cores.",
+        "- onnxruntime against eager: most of the GRU's arithmetic is in one GRU layer over up to "
         f"{seq.get('max_len', 64)} steps, which both engines run as a single fp32 operator, so there is little for graph "
         "optimisations to fuse (see the optimisation levels above) and both are bound by the same recurrent arithmetic. "
-        "int8 weights do not help either, because `quantize_dynamic` leaves the GRU operator in fp32.",
+        "int8 weights do not help either, because `quantize_dynamic` leaves the GRU operator in fp32."
+        + _transformer_limit(v),
         "- Peak RSS: each worker process holds one partition at a time (the single-process mode about two), and the "
         "main process the scores of all customers, so memory follows the number of workers times the largest partition "
         f"({fmt(e2e['summary']['details']['largest_piece_rows'])} rows here; `seqchurn synth --partitions` sets it), "
         "not the size of the log.",
         f"- pandas + LightGBM: it reads and prepares the log with the same loader in one process, then computes "
-        f"{alt['n_features']} aggregate features per customer with numpy on sorted arrays, which costs less than merging "
-        "order lines and building padded sequences, and LightGBM predicts on all cores.",
+        f"{alt['n_features']} aggregate features per customer with numpy on sorted arrays and predicts with LightGBM on all cores. "
+        + (
+            "That costs less CPU time than merging order lines, building padded sequences and running the network."
+            if alt["cpu_seconds"] < e2e["cpu_seconds"]
+            else "Its CPU time is at least that of `seqchurn score`, because it runs the same loader before its own features, "
+            "and it runs the loader in one process, where `seqchurn score` spreads it over worker processes."
+        ),
     ]
+
+
+def _stage_shares(stages: dict[str, float]) -> str:
+    """Describe each stage's share of the worker time of `seqchurn score`, or nothing for a single-process run."""
+    names = {"read": "reading", "prepare": "canonicalise + finalise", "features": "sequences", "inference": "onnxruntime"}
+    if not set(names) <= set(stages):
+        return ""
+    total = sum(stages[k] for k in names)
+    shares = ", ".join(f"{label} {100 * stages[k] / total:.0f} %" for k, label in names.items())
+    return f"Of the worker processes' time, summed over partitions, {shares}, so the work after reading sets the time. "
+
+
+def _transformer_limit(v: dict) -> str:
+    t = v["inference"].get("transformer")
+    if t is None:
+        return ""
+    ratio, gru = t["ort"] / t["eager"], _ort_1(v) / v["inference"]["eager"][1]
+    return (
+        f" The transformer's ratio is {ratio:.2f}x, {'more' if ratio > gru else 'no more'} than the GRU's: its layers are many "
+        "small operators, where eager PyTorch pays its per-operator dispatch cost, but both engines do the same fp32 "
+        "matrix products."
+    )
 
 
 def load_results(path: Path, settings: Settings) -> Results:
@@ -768,7 +874,7 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, argparse.Namespace]:
     parser.add_argument("--customers", type=int, default=1_000_000, help="customers in the scored log (default: 1,000,000)")
     parser.add_argument("--events-per-customer", type=float, default=50.0, help="mean events per customer (default: 50)")
     parser.add_argument("--train-customers", type=int, default=20_000, help="customers in the training log (default: 20,000)")
-    parser.add_argument("--hidden-size", type=int, default=32, help="GRU hidden size of the benchmark model (default: 32)")
+    parser.add_argument("--hidden-size", type=int, default=32, help="hidden size of the benchmark GRU and transformer (default: 32)")
     parser.add_argument("--work-dir", type=Path, default=REPO_ROOT / ".cache" / "benchmark", help="logs, model and outputs (default: .cache/benchmark)")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "performance.md", help="report to write (default: docs/performance.md)")
     parser.add_argument("--keep", action="store_true", help="reuse logs already generated in --work-dir with the same size")
@@ -822,6 +928,7 @@ def main(argv: list[str] | None = None) -> int:
     v["log_bytes"] = sum(f.stat().st_size for f in big_log.rglob("*.parquet"))
     make_log(train_log, s.train_customers, 50.0, s.keep)
     model_dir = train_and_export(s, train_log)
+    transformer_dir = train_and_export(s, train_log, "transformer")
 
     log.info("1/6 floor read")
     v["floor"] = measure_floor(big_log)
@@ -830,8 +937,12 @@ def main(argv: list[str] | None = None) -> int:
     seq["max_len"] = json.loads((model_dir / "model.json").read_text())["feature_spec"]["max_len"]
     v["sequences"] = seq
     log.info("3/6 onnxruntime against PyTorch eager")
-    v["inference"] = measure_inference(model_dir, concat_inputs(parts), validation_inputs(train_log, s.work_dir))
-    del parts
+    inputs = concat_inputs(parts)
+    v["inference"] = measure_inference(model_dir, inputs, validation_inputs(train_log, s.work_dir))
+    # The transformer's own feature spec may differ from the GRU's, so its inputs are built again from the same partitions.
+    _, transformer_parts = measure_sequences(big_log, transformer_dir, INFERENCE_SAMPLE_PARTITIONS)
+    v["inference"]["transformer"] = measure_engines(transformer_dir, concat_inputs(transformer_parts), v["inference"]["best_batch_size"])
+    del parts, inputs, transformer_parts
 
     log.info("4-5/6 seqchurn score and pandas + LightGBM end to end, %d times each, alternating", s.repeats)
     lightgbm_model = train_lightgbm(train_log, s.work_dir)

@@ -197,3 +197,19 @@ def test_history_matches_reference(customers):
     pd.testing.assert_frame_equal(got, expected[got.columns.tolist()])
     assert sorted(got.columns) == sorted(expected.columns)
     assert len(got) > 0
+
+
+def test_sort_puts_missing_time_last():
+    from seqchurn.data.io import _sort_by_customer_time
+
+    # In customer order, and NaT is the smallest int64, so only the NaT check sends it last.
+    events = pd.DataFrame(
+        {
+            "customer_id": pd.Series(["a", "a", "a", "b"], dtype="str"),
+            "ts": pd.to_datetime([None, "2021-01-02", "2021-01-02", "2021-01-01"], utc=True).astype("datetime64[ns, UTC]"),
+            "event_type": pd.Series(["view"] * 4).astype(EVENT_TYPE_DTYPE),
+            "amount": [1.0, 3.0, 2.0, 1.0],
+        }
+    )
+    expected = events.sort_values(["customer_id", "ts", "event_type", "amount"], kind="stable", ignore_index=True, na_position="last")
+    pd.testing.assert_frame_equal(_sort_by_customer_time(events), expected)

@@ -293,6 +293,54 @@ def test_shard_run_writes_its_own_files(synthetic, tmp_path):
     assert on_disk["details"]["pieces"] == N_PARTITIONS
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_shard_reads_only_its_buckets(synthetic, workers):
+    log_dir, model_dir = synthetic
+    full, full_report, _ = score_frame(log_dir, model_dir)
+    parts, rows_read, rows_kept = [], 0, 0
+    for i in range(2):
+        part, report, stats = score_frame(log_dir, model_dir, shard=(i, 2), workers=workers)
+        # 4 buckets made by shard_of(id, 4): shard i of 2 needs buckets i and i + 2 only.
+        assert stats.pieces == N_PARTITIONS // 2
+        assert sorted(Path(f).parent.name for f in report.files) == sorted({f"bucket={b:05d}" for b in (i, i + 2)})
+        assert (shard_of(part["customer_id"], 2) == i).all()
+        parts.append(part)
+        rows_read += report.rows_read
+        rows_kept += report.rows_kept
+    union = pd.concat(parts, ignore_index=True)
+    assert union["customer_id"].is_unique
+    assert set(union["customer_id"]) == set(full["customer_id"])
+    merged = full.merge(union, on="customer_id", suffixes=("", "_shard"))
+    np.testing.assert_allclose(merged["churn_probability_shard"], merged["churn_probability"], rtol=0, atol=1e-6)
+    assert rows_read == full_report.rows_read
+    assert rows_kept == full_report.rows_kept
+
+
+def test_shard_rejects_bucket_not_made_by_hash(synthetic, tmp_path):
+    log_dir, model_dir = synthetic
+    moved = tmp_path / "log"
+    shutil.copytree(log_dir, moved)
+    # Bucket 1's customers now sit in bucket 3, which shard 1 of 2 reads, but their hash is bucket 1.
+    for f in (moved / "bucket=00001").glob("*.parquet"):
+        f.rename(moved / "bucket=00003" / f"moved-{f.name}")
+    with pytest.raises(InputError, match=r"bucket=3, but seqchurn's customer hash puts it in bucket 1 of 4"):
+        score_frame(moved, model_dir, shard=(1, 2), workers=1)
+
+
+def test_shard_reads_every_partition_without_hash_buckets(synthetic, tmp_path):
+    log_dir, model_dir = synthetic
+    copied = tmp_path / "log"
+    shutil.copytree(log_dir, copied)
+    (copied / score.HASH_PARTITIONED_FILE).unlink()
+    _, _, stats = score_frame(copied, model_dir, shard=(0, 2))
+    assert stats.pieces == N_PARTITIONS
+    spec = LogSpec.from_config(synthetic_data_config(log_dir))
+    assert score.hash_bucket_count(spec) == N_PARTITIONS
+    spec.pseudonym_key = b"k" * 32
+    # Buckets were made from raw ids, shards from tokens: no partition can be skipped.
+    assert score.hash_bucket_count(spec) is None
+
+
 # --------------------------------------------------------------------------------------
 # Light model files
 # --------------------------------------------------------------------------------------

@@ -24,8 +24,9 @@ partition ``k - 1`` (pyarrow and onnxruntime release the GIL).
 
 Sharding: ``shard=i/n`` scores only the customers whose hash (``seqchurn.data.sharding``)
 falls in shard ``i`` and writes ``-part-i-of-n`` files, so many processes or machines can
-split one log with no coordination. Ranks are per shard; docs/scaling.md shows how to
-merge the parts.
+split one log with no coordination. A shard of a log that ``seqchurn synth`` partitioned
+by the same hash reads only its own partitions. Ranks are per shard; docs/scaling.md shows
+how to merge the parts.
 """
 
 from __future__ import annotations
@@ -87,15 +88,31 @@ class LoadedModel:
 
 
 def session_options(intra_op_threads: int) -> ort.SessionOptions:
-    """onnxruntime options for scoring: all graph optimisations, ``intra_op_threads`` threads (0 = one per core)."""
+    """onnxruntime options for scoring: basic graph optimisations, ``intra_op_threads`` threads (0 = one per core).
+
+    The basic level (constant folding, redundant node removal) was faster than the extended
+    and layout levels for the GRU and the transformer on the CPU; docs/performance.md has the
+    measurement.
+    """
     if intra_op_threads < 0:
         raise ValueError(f"Expected `threads` to be 0 (one per core) or a positive number, but got {intra_op_threads}")
     opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     opts.intra_op_num_threads = intra_op_threads
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     return opts
+
+
+def use_system_memory_pool() -> None:
+    """Make pyarrow allocate with the C library's malloc in this process, as numpy and pandas do.
+
+    pyarrow's default pool (mimalloc in the pip wheels, pyarrow 26) returns freed pages to the
+    OS between partitions, so the next partition faults them in again. On a 5 M-event
+    synthetic log (one process, 2-core Xeon) the system pool cut the CPU time of reading,
+    preparing and scoring from about 6.0 to 5.3 s, most of it system time.
+    """
+    pa.set_memory_pool(pa.system_memory_pool())
 
 
 def load_model(model_dir: str | Path, *, intra_op_threads: int = 1, verify: bool = True) -> LoadedModel:
@@ -169,7 +186,8 @@ def run_session(session: ort.InferenceSession, inputs: dict[str, np.ndarray], ba
         raise ValueError(f"Expected `batch_size` to be a positive integer, but got {batch_size}")
     out = np.empty(len(inputs["mask"]), dtype=np.float32)
     for idx, length in length_batches(inputs["mask"], batch_size):
-        feed = {k: np.ascontiguousarray(inputs[k][idx][:, :length]) for k in ("event_type", "item", "numeric", "mask")}
+        # One fancy index copies only the first `length` steps of the batch's rows.
+        feed = {k: np.ascontiguousarray(inputs[k][idx, :length]) for k in ("event_type", "item", "numeric", "mask")}
         feed["static"] = np.ascontiguousarray(inputs["static"][idx])
         out[idx] = session.run([OUTPUT_NAME], feed)[0]
     return out
@@ -182,7 +200,7 @@ def run_outputs(session: ort.InferenceSession, inputs: dict[str, np.ndarray], ba
     n = len(inputs["mask"])
     out: dict[str, np.ndarray] = {}
     for idx, length in length_batches(inputs["mask"], batch_size):
-        feed = {k: np.ascontiguousarray(inputs[k][idx][:, :length]) for k in ("event_type", "item", "numeric", "mask")}
+        feed = {k: np.ascontiguousarray(inputs[k][idx, :length]) for k in ("event_type", "item", "numeric", "mask")}
         feed["static"] = np.ascontiguousarray(inputs["static"][idx])
         for name, values in zip(names, session.run(names, feed)):
             if name not in out:
@@ -256,6 +274,7 @@ class Piece:
 
     name: str
     tables: list[tuple[pa.Table, SourceSpec, str, int]]  # (table, source, file, first row)
+    bucket: HashBucket | None = None  # set when the piece was chosen by its customers' hash
 
     @property
     def rows(self) -> int:
@@ -279,8 +298,15 @@ def _partition_of(file: str) -> str:
     return str(parent) if parent.name.startswith("bucket=") else file
 
 
-def iter_pieces(log_spec: LogSpec, stream: bool) -> Iterator[Piece]:
-    """Yield the log as one piece, or (``stream``) as one piece per partition in path order."""
+def iter_pieces(log_spec: LogSpec, stream: bool, partitions: list[PartitionRef] | None = None) -> Iterator[Piece]:
+    """Yield the log as one piece, or (``stream``) as one piece per partition in path order.
+
+    With ``partitions`` (streaming only), only those partitions are read.
+    """
+    if partitions is not None:
+        for ref in partitions:
+            yield read_partition(ref, log_spec)
+        return
     if not stream:
         tables = [(t, src, f, r) for src in log_spec.sources for t, f, r in iter_source_tables(src)]
         yield Piece("all sources", tables)
@@ -291,13 +317,14 @@ def iter_pieces(log_spec: LogSpec, stream: bool) -> Iterator[Piece]:
             yield Piece(name, [(t, src, f, r) for t, f, r in group])
 
 
-def count_rows(log_spec: LogSpec) -> int | None:
-    """Count the log's rows from Parquet footers (no data read); None when a source is not Parquet."""
+def count_rows(log_spec: LogSpec, partitions: list[PartitionRef] | None = None) -> int | None:
+    """Count the log's rows (or those of ``partitions``) from Parquet footers; None when a source is not Parquet."""
     import pyarrow.dataset as pads
 
     total = 0
-    for src in log_spec.sources:
-        path = Path(src.path)
+    paths = [(log_spec.sources[ref.source], ref.path) for ref in partitions] if partitions is not None else [(s, s.path) for s in log_spec.sources]
+    for src, name in paths:
+        path = Path(name)
         is_parquet = src.format == "parquet" or (src.format is None and (path.is_dir() or path.suffix == ".parquet"))
         if not is_parquet or not path.exists():
             return None
@@ -342,10 +369,17 @@ class PartitionGuard:
         self._seen = np.sort(np.concatenate([self._seen, hashes]), kind="stable")
 
 
-def take_shard(events: pd.DataFrame, shard: tuple[int, int]) -> pd.DataFrame:
-    """Keep the rows of customers in shard ``shard[0]`` of ``shard[1]`` (by stable customer hash)."""
+def take_shard(events: pd.DataFrame, shard: tuple[int, int], bucket: HashBucket | None = None) -> pd.DataFrame:
+    """Keep the rows of customers in shard ``shard[0]`` of ``shard[1]`` (by stable customer hash).
+
+    With ``bucket``, also raise InputError unless every customer hashes to that bucket, because
+    the other shards' partitions were skipped on that assumption.
+    """
     codes, uniques = pd.factorize(events["customer_id"])
-    mine = shard_of(np.asarray(uniques, dtype=object), shard[1]) == shard[0]
+    hashes = customer_hash(np.asarray(uniques, dtype=object))
+    if bucket is not None:
+        bucket.check(uniques, hashes)
+    mine = hashes % np.uint64(shard[1]) == np.uint64(shard[0])
     keep = mine[codes]
     if keep.all():
         return events
@@ -440,7 +474,7 @@ def prepare_piece(piece: Piece, log_spec: LogSpec, report: LoadReport, shard: tu
         if file not in report.files:
             report.files.append(file)
         frame = canonicalise(table, src, log_spec, report, file=file, first_row=first_row)
-        frames.append(take_shard(frame, shard) if shard is not None else frame)
+        frames.append(take_shard(frame, shard, piece.bucket) if shard is not None else frame)
     return finalise(frames, report)
 
 
@@ -481,12 +515,19 @@ def score_log(
     """
     as_of = to_utc(as_of)
     check_log_matches(model, log_spec)
+    use_system_memory_pool()
     if stream not in ("auto", True, False):
         raise ValueError(f"Expected `stream` to be auto, true or false, but got {stream!r}")
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise ValueError(f"Expected `workers` to be 0 (one per core) or a positive integer, but got {workers!r}")
     stream_on = is_customer_partitioned(log_spec) if stream == "auto" else bool(stream)
     partitions = list_partitions(log_spec) if stream_on else []
+    chosen = None  # the partitions a shard reads, when it can skip the others
+    if shard is not None and stream_on:
+        own = shard_partitions(log_spec, partitions, shard)
+        if own is not partitions:
+            log.info("shard %d/%d reads %d of %d partitions: the others hold other shards' customers", shard[0], shard[1], len(own), len(partitions))
+            partitions = chosen = own
     n_workers = min(workers or usable_cores(), max(len(partitions), 1)) if stream_on else 1
     log.info(
         "scoring as of %s, %s", as_of,
@@ -496,10 +537,10 @@ def score_log(
     if n_workers > 1:
         results = _score_in_processes(partitions, log_spec, model, as_of, shard, batch_size, n_workers)
     else:
-        results = _score_in_threads(log_spec, model, as_of, shard, batch_size, stream_on, drift)
+        results = _score_in_threads(log_spec, model, as_of, shard, batch_size, stream_on, drift, chosen)
 
     report, stats, guard, parts = LoadReport(), ScoreStats(), PartitionGuard(), []
-    bar = _progress(progress, count_rows(log_spec))
+    bar = _progress(progress, count_rows(log_spec, chosen))
     started = time.perf_counter()
     for result in results:
         if stream_on:
@@ -551,11 +592,12 @@ def _prepared(piece: Piece, log_spec: LogSpec, as_of: pd.Timestamp, shard: tuple
 
 def _score_in_threads(
     log_spec: LogSpec, model: LoadedModel, as_of: pd.Timestamp, shard: tuple[int, int] | None, batch_size: int, stream: bool,
-    drift: Any = None,
+    drift: Any = None, partitions: list[PartitionRef] | None = None,
 ) -> Iterator[PieceResult]:
     """Score piece by piece in this process: a reader thread reads ahead, an inference thread runs behind.
 
     ``drift`` (a :class:`seqchurn.drift.ScoreDrift`) receives every piece's inputs and scores.
+    With ``partitions``, only those are read.
     """
 
     def infer(features: Features) -> tuple[pd.DataFrame, float]:
@@ -577,7 +619,7 @@ def _score_in_threads(
 
     pending: tuple[Future, PieceResult] | None = None
     with ThreadPoolExecutor(1, thread_name_prefix="seqchurn-read") as reader, ThreadPoolExecutor(1, thread_name_prefix="seqchurn-infer") as inferrer:
-        pieces = iter_pieces(log_spec, stream)
+        pieces = iter_pieces(log_spec, stream, partitions)
         next_piece = reader.submit(next, pieces, None)
         while True:
             t0 = time.perf_counter()
@@ -610,11 +652,84 @@ def _score_in_threads(
 
 
 @dataclass(frozen=True)
+class HashBucket:
+    """Partition ``index`` of a log whose partition ``b`` contains the customers with ``shard_of(id, count) == b``."""
+
+    index: int
+    count: int
+    path: str
+
+    def check(self, customer_ids: Any, hashes: np.ndarray) -> None:
+        """Raise InputError unless every customer (``hashes`` from ``customer_hash``) hashes to this bucket."""
+        wrong = hashes % np.uint64(self.count) != np.uint64(self.index)
+        if wrong.any():
+            i = int(np.flatnonzero(wrong)[0])
+            raise InputError(
+                f"customer {customer_ids[i]!r} is in partition bucket={self.index}, but seqchurn's customer hash puts it in "
+                f"bucket {int(hashes[i] % np.uint64(self.count))} of {self.count}, so a shard cannot skip the other partitions",
+                file=self.path,
+                hint=f"Score this log without `shard`, or remove {HASH_PARTITIONED_FILE} if the log was re-partitioned after `seqchurn synth` wrote it",
+            )
+
+
+@dataclass(frozen=True)
 class PartitionRef:
     """A partition to read: a ``bucket=`` directory or a single file of source ``source``."""
 
     source: int
     path: str
+    bucket: HashBucket | None = None  # set when only the shard's own partitions are read
+
+
+HASH_PARTITIONED_FILE = "_synthetic.json"
+"""Written by ``seqchurn synth`` beside its ``bucket=`` directories; ``n_partitions`` is their count."""
+
+
+def hash_bucket_count(log_spec: LogSpec) -> int | None:
+    """Return the number of ``bucket=`` partitions when they follow seqchurn's customer hash, else None.
+
+    Only a dataset that ``seqchurn synth`` wrote declares, in ``_synthetic.json``, that bucket
+    ``b`` contains exactly the customers with ``shard_of(customer_id, n_partitions) == b``.
+    Nothing is assumed for other logs. Pseudonymised runs shard by token, not by the raw ids the
+    buckets were made from, so they never qualify.
+    """
+    if len(log_spec.sources) != 1 or log_spec.pseudonymised:
+        return None
+    marker = Path(log_spec.sources[0].path) / HASH_PARTITIONED_FILE
+    try:
+        count = json.loads(marker.read_text(encoding="utf-8")).get("n_partitions")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return count if isinstance(count, int) and not isinstance(count, bool) and count >= 1 else None
+
+
+def shard_partitions(log_spec: LogSpec, partitions: list[PartitionRef], shard: tuple[int, int]) -> list[PartitionRef]:
+    """Return the partitions that can hold customers of ``shard``: all of them unless the buckets follow the customer hash.
+
+    With ``n`` buckets made by ``shard_of(id, n)`` and ``n`` a multiple of the shard count,
+    shard ``i`` of ``k`` needs only the buckets ``b`` with ``b % k == i``, because
+    ``hash % k == (hash % n) % k``. Each such partition is checked while it is read.
+    """
+    count = hash_bucket_count(log_spec)
+    index, shards = shard
+    if count is None or count % shards:
+        return partitions
+    chosen = []
+    for ref in partitions:
+        name = Path(ref.path).name
+        number = name.removeprefix("bucket=")
+        if not name.startswith("bucket=") or not number.isdigit() or int(number) >= count:
+            return partitions  # a partition outside the declared buckets: read everything
+        if int(number) % shards == index:
+            chosen.append(dataclasses.replace(ref, bucket=HashBucket(int(number), count, ref.path)))
+    return chosen
+
+
+def read_partition(ref: PartitionRef, log_spec: LogSpec) -> Piece:
+    """Read one partition into a piece."""
+    src = log_spec.sources[ref.source]
+    part = dataclasses.replace(src, path=ref.path)
+    return Piece(ref.path, [(t, src, f, r) for t, f, r in iter_source_tables(part)], ref.bucket)
 
 
 def list_partitions(log_spec: LogSpec) -> list[PartitionRef]:
@@ -637,15 +752,14 @@ _worker_model: LoadedModel | None = None
 
 def _start_worker(model_dir: Path) -> None:
     global _worker_model
+    use_system_memory_pool()
     _worker_model = load_model(model_dir, intra_op_threads=1)
 
 
 def _score_partition(ref: PartitionRef, log_spec: LogSpec, as_of: pd.Timestamp, shard: tuple[int, int] | None, batch_size: int) -> PieceResult:
     """Read, prepare and score one partition in a worker process."""
     t0 = time.perf_counter()
-    src = log_spec.sources[ref.source]
-    part = dataclasses.replace(src, path=ref.path)
-    piece = Piece(ref.path, [(t, src, f, r) for t, f, r in iter_source_tables(part)])
+    piece = read_partition(ref, log_spec)
     t1 = time.perf_counter()
     events, report, customers, n_events = _prepared(piece, log_spec, as_of, shard)
     rows = piece.rows

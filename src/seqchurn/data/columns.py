@@ -142,7 +142,8 @@ def as_text(col: pa.ChunkedArray, file: str, rows: np.ndarray, column: str) -> p
 def _blank_to_missing(values: pd.Series) -> pd.Series:
     """Strip text and turn empty strings into missing values."""
     stripped = values.str.strip()
-    return stripped.mask(stripped.eq("").fillna(False).astype(bool))
+    blank = stripped.eq("").fillna(False).astype(bool)
+    return stripped.mask(blank) if blank.any() else stripped
 
 
 # --------------------------------------------------------------------------------------
@@ -193,7 +194,7 @@ def customer_ids(col: pa.ChunkedArray, file: str, rows: np.ndarray, column: str,
             ) from None
         raise
     blank = ids.str.strip().eq("").fillna(False).astype(bool)
-    return ids.mask(blank)
+    return ids.mask(blank) if blank.any() else ids
 
 
 def strings(col: pa.ChunkedArray | None, n: int, file: str, rows: np.ndarray, column: str | None) -> pd.Series:

@@ -204,6 +204,31 @@ def test_flat_directory_is_read_whole(synthetic, tmp_path):
         score_frame(flat, model_dir, stream=True)
 
 
+def test_skipped_csv_rows_are_counted(synthetic, tmp_path, caplog):
+    log_dir, model_dir = synthetic
+    table = pq.read_table(log_dir).drop_columns(["bucket"])
+    frame = table.to_pandas()
+    frame["event_time"] = frame["event_time"].dt.strftime("%Y-%m-%dT%H:%M:%S.%f+00:00")
+    csv_path = tmp_path / "log.csv"
+    frame.to_csv(csv_path, index=False)
+    with open(csv_path, "a") as handle:
+        handle.write("cut-short-customer,2023-05-01\n")  # a truncated last line
+    cfg = synthetic_data_config(csv_path)
+    cfg["sources"][0].update(format="csv", csv={"invalid_rows": "skip"})
+
+    with caplog.at_level("WARNING", logger="seqchurn.data.io"):
+        scored, report, _ = score.score_log(LogSpec.from_config(cfg), score.load_model(model_dir), AS_OF, progress=False)
+    expected, expected_report, _ = score_frame(log_dir, model_dir, stream=False)
+
+    assert report.dropped["malformed_csv_row"] == 1
+    assert report.rows_read == expected_report.rows_read + 1
+    assert report.rows_kept == expected_report.rows_kept
+    assert "skipped 1 malformed row(s)" in caplog.text
+    merged = expected.merge(scored, on="customer_id", suffixes=("", "_csv"))
+    assert len(merged) == len(expected) == len(scored)
+    np.testing.assert_allclose(merged["churn_probability_csv"], merged["churn_probability"], rtol=0, atol=1e-6)
+
+
 def test_two_sources_are_not_streamed(synthetic):
     log_dir, _ = synthetic
     cfg = synthetic_data_config(log_dir)

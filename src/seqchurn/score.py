@@ -275,6 +275,8 @@ class Piece:
     name: str
     tables: list[tuple[pa.Table, SourceSpec, str, int]]  # (table, source, file, first row)
     bucket: HashBucket | None = None  # set when the piece was chosen by its customers' hash
+    read_report: LoadReport = field(default_factory=LoadReport)
+    """Rows that reading itself skipped (``csv.invalid_rows: skip``), already counted as read and dropped."""
 
     @property
     def rows(self) -> int:
@@ -307,14 +309,19 @@ def iter_pieces(log_spec: LogSpec, stream: bool, partitions: list[PartitionRef] 
         for ref in partitions:
             yield read_partition(ref, log_spec)
         return
+    log_values = not log_spec.pseudonymised
     if not stream:
-        tables = [(t, src, f, r) for src in log_spec.sources for t, f, r in iter_source_tables(src)]
-        yield Piece("all sources", tables)
+        read_report = LoadReport()
+        tables = [(t, src, f, r) for src in log_spec.sources for t, f, r in iter_source_tables(src, report=read_report, log_values=log_values)]
+        yield Piece("all sources", tables, read_report=read_report)
         return
     for src in log_spec.sources:
-        chunks = iter_source_tables(src)
+        read_report = LoadReport()
+        chunks = iter_source_tables(src, report=read_report, log_values=log_values)
         for name, group in itertools.groupby(chunks, key=lambda chunk: _partition_of(chunk[1])):
-            yield Piece(name, [(t, src, f, r) for t, f, r in group])
+            yield Piece(name, [(t, src, f, r) for t, f, r in group], read_report=read_report)
+            # A CSV file is read whole before its first piece, so its skip counts belong to that piece.
+            read_report = LoadReport()
 
 
 def count_rows(log_spec: LogSpec, partitions: list[PartitionRef] | None = None) -> int | None:
@@ -468,6 +475,9 @@ def score_events(events: pd.DataFrame, model: LoadedModel, as_of: pd.Timestamp, 
 
 def prepare_piece(piece: Piece, log_spec: LogSpec, report: LoadReport, shard: tuple[int, int] | None) -> pd.DataFrame:
     """Canonicalise, shard and finalise one piece's raw tables."""
+    report.rows_read += piece.read_report.rows_read
+    for reason, count in piece.read_report.dropped.items():
+        report.drop(reason, count)
     frames = []
     for table, src, file, first_row in piece.tables:
         report.rows_read += table.num_rows
@@ -729,7 +739,9 @@ def read_partition(ref: PartitionRef, log_spec: LogSpec) -> Piece:
     """Read one partition into a piece."""
     src = log_spec.sources[ref.source]
     part = dataclasses.replace(src, path=ref.path)
-    return Piece(ref.path, [(t, src, f, r) for t, f, r in iter_source_tables(part)], ref.bucket)
+    read_report = LoadReport()
+    tables = [(t, src, f, r) for t, f, r in iter_source_tables(part, report=read_report, log_values=not log_spec.pseudonymised)]
+    return Piece(ref.path, tables, ref.bucket, read_report)
 
 
 def list_partitions(log_spec: LogSpec) -> list[PartitionRef]:

@@ -141,6 +141,9 @@ def test_stream_equals_whole_log(synthetic, workers):
     pd.testing.assert_frame_equal(streamed, whole)
     assert streamed_report.to_dict() == whole_report.to_dict()
     assert streamed_stats.customers_seen == whole_stats.customers_seen == 400
+    # Every row read is either an input row or counted as dropped, future rows included.
+    assert whole_report.dropped["at_or_after_as_of"] > 0
+    assert whole_report.rows_read == whole_report.rows_kept + sum(whole_report.dropped.values())
 
 
 def test_stream_holds_one_partition_at_a_time(synthetic, monkeypatch):
@@ -223,6 +226,7 @@ def test_skipped_csv_rows_are_counted(synthetic, tmp_path, caplog):
     assert report.dropped["malformed_csv_row"] == 1
     assert report.rows_read == expected_report.rows_read + 1
     assert report.rows_kept == expected_report.rows_kept
+    assert report.rows_read == report.rows_kept + sum(report.dropped.values())
     assert "skipped 1 malformed row(s)" in caplog.text
     merged = expected.merge(scored, on="customer_id", suffixes=("", "_csv"))
     assert len(merged) == len(expected) == len(scored)

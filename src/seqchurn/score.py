@@ -596,8 +596,11 @@ def _prepared(piece: Piece, log_spec: LogSpec, as_of: pd.Timestamp, shard: tuple
     report = LoadReport()
     events = prepare_piece(piece, log_spec, report, shard)
     customers = np.asarray(events["customer_id"].unique(), dtype=object)
-    # Events at or after as_of are future for this snapshot; they are ignored, not dropped.
-    return events, report, customers, int((events["ts"] < as_of).sum())
+    before = int((events["ts"] < as_of).sum())
+    # Events at or after as_of are the future of this snapshot: no input reads them, so they
+    # are counted as dropped and rows_read == rows_kept + sum(dropped) holds for the run.
+    report.drop("at_or_after_as_of", len(events) - before)
+    return events, report, customers, before
 
 
 def _score_in_threads(

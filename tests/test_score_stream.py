@@ -370,6 +370,35 @@ def test_shard_reads_every_partition_without_hash_buckets(synthetic, tmp_path):
     assert score.hash_bucket_count(spec) is None
 
 
+def test_declared_hash_buckets_let_shards_skip(synthetic, tmp_path):
+    log_dir, model_dir = synthetic
+    copied = tmp_path / "log"
+    shutil.copytree(log_dir, copied)
+    (copied / score.HASH_PARTITIONED_FILE).unlink()
+    cfg = synthetic_data_config(copied)
+    cfg["sources"][0]["hash_buckets"] = N_PARTITIONS
+    model = score.load_model(model_dir)
+
+    part, report, stats = score.score_log(LogSpec.from_config(cfg), model, AS_OF, progress=False, shard=(1, 2))
+
+    assert stats.pieces == N_PARTITIONS // 2
+    assert sorted(Path(f).parent.name for f in report.files) == ["bucket=00001", "bucket=00003"]
+    assert (shard_of(part["customer_id"], 2) == 1).all()
+    # A wrong declaration is caught: with 8 declared buckets, bucket=00001 also holds customers of bucket 5.
+    cfg["sources"][0]["hash_buckets"] = 8
+    with pytest.raises(InputError, match="partitions"):
+        score.score_log(LogSpec.from_config(cfg), model, AS_OF, progress=False, shard=(1, 2))
+
+
+@pytest.mark.parametrize("value", [0, -1, "4", True, 2.5])
+def test_invalid_hash_buckets_rejected(synthetic, value):
+    log_dir, _ = synthetic
+    cfg = synthetic_data_config(log_dir)
+    cfg["sources"][0]["hash_buckets"] = value
+    with pytest.raises(InputError, match="hash_buckets"):
+        LogSpec.from_config(cfg)
+
+
 # --------------------------------------------------------------------------------------
 # Light model files
 # --------------------------------------------------------------------------------------

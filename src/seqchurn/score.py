@@ -701,13 +701,16 @@ HASH_PARTITIONED_FILE = "_synthetic.json"
 def hash_bucket_count(log_spec: LogSpec) -> int | None:
     """Return the number of ``bucket=`` partitions when they follow seqchurn's customer hash, else None.
 
-    Only a dataset that ``seqchurn synth`` wrote declares, in ``_synthetic.json``, that bucket
-    ``b`` contains exactly the customers with ``shard_of(customer_id, n_partitions) == b``.
-    Nothing is assumed for other logs. Pseudonymised runs shard by token, not by the raw ids the
-    buckets were made from, so they never qualify.
+    A log declares that bucket ``b`` contains exactly the customers with
+    ``shard_of(customer_id, n) == b`` through its source's ``hash_buckets: n`` in the data
+    config, or, as ``seqchurn synth`` writes it, through ``n_partitions`` in
+    ``_synthetic.json``. Nothing is assumed for other logs. Pseudonymised runs shard by
+    token, not by the raw ids the buckets were made from, so they never qualify.
     """
     if len(log_spec.sources) != 1 or log_spec.pseudonymised:
         return None
+    if log_spec.sources[0].hash_buckets is not None:
+        return log_spec.sources[0].hash_buckets
     marker = Path(log_spec.sources[0].path) / HASH_PARTITIONED_FILE
     try:
         count = json.loads(marker.read_text(encoding="utf-8")).get("n_partitions")

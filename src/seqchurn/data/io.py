@@ -62,6 +62,7 @@ class SourceSpec:
     csv_delimiter: str = ","
     csv_invalid_rows: str = "error"  # error | skip: a row with the wrong number of fields
     encoding: str = "utf8"
+    hash_buckets: int | None = None  # bucket=b holds the customers with shard_of(id, hash_buckets) == b
     start: str | None = None  # keep rows at or after this local time
     before: str | None = None  # keep rows before this local time
 
@@ -121,6 +122,7 @@ class LogSpec:
                     csv_delimiter=csv_options.get("delimiter", ","),
                     csv_invalid_rows=str(csv_options.get("invalid_rows", "error")),
                     encoding=src.get("encoding", "utf8"),
+                    hash_buckets=src.get("hash_buckets"),
                     start=src.get("start"),
                     before=src.get("before"),
                 )
@@ -184,6 +186,12 @@ class LogSpec:
                 codecs.lookup(src.encoding)
             except LookupError:
                 raise InputError(f"unknown text encoding {src.encoding!r}", file=src.path, hint="Use a Python codec name such as utf8 or latin-1") from None
+            buckets = src.hash_buckets
+            if buckets is not None and (isinstance(buckets, bool) or not isinstance(buckets, int) or buckets < 1):
+                raise InputError(
+                    f"Expected `hash_buckets` to be a positive integer (the number of bucket= partitions), but got {buckets!r}",
+                    file=src.path, hint="Set it only when bucket=b holds exactly the customers with seqchurn.data.sharding.shard_of(id, n) == b",
+                )
             if src.csv_invalid_rows not in INVALID_ROW_ACTIONS:
                 raise InputError(f"Expected `csv.invalid_rows` to be error or skip, but got {src.csv_invalid_rows!r}", file=src.path)
             if not src.columns.get("amount") and not (src.columns.get("quantity") and src.columns.get("unit_price")):

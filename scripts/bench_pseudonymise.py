@@ -19,20 +19,11 @@ import pandas as pd
 
 from seqchurn.privacy import pseudonymise
 from seqchurn.utils.atomic import atomic_write_text
+from seqchurn.utils.machine import cpu_model
 
 # (rows, size of the id pool that rows draw from); 1M rows from a 1M pool are all distinct.
 CASES = [(1_000_000, 1_000_000), (5_000_000, 1_000_000), (5_000_000, 100_000)]
 REPEATS = 3
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def make_ids(rows: int, pool: int) -> pd.Series:
@@ -62,7 +53,7 @@ def main() -> None:
         "",
         "`seqchurn.privacy.pseudonymise` on a `str` Series of ids like `C123456`, best of "
         f"{REPEATS} runs. Measured with `python scripts/bench_pseudonymise.py` on "
-        f"{datetime.date.today().isoformat()}, {cpu_name()} ({os.cpu_count()} logical CPUs visible, "
+        f"{datetime.date.today().isoformat()}, {cpu_model()} ({os.cpu_count()} logical CPUs visible, "
         f"one used, shared with other jobs), Python {platform.python_version()}, pandas {pd.__version__}.",
         "",
         "| rows | distinct ids | seconds |",

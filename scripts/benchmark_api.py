@@ -40,6 +40,7 @@ from seqchurn.data.io import load_events
 from seqchurn.score import load_model, score_events
 from seqchurn.serving.app import MAX_EVENTS_PER_CUSTOMER
 from seqchurn.utils.atomic import atomic_write_text
+from seqchurn.utils.machine import cpu_model
 
 START, END = "<!-- benchmark:start -->", "<!-- benchmark:end -->"
 WARMUP_REQUESTS = 5
@@ -60,16 +61,6 @@ CASES = (
     Case("100 customers, reasons", 100, True, 1),
     Case("100 customers, no reasons", 100, False, 1),
 )
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def free_port() -> int:
@@ -210,7 +201,7 @@ def main() -> None:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     invocation = "python scripts/benchmark_api.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     lines = [
-        f"Measured with `{invocation.strip()}` on {dt.date.today().isoformat()}: {cpu_name()}, {cores} logical CPUs visible "
+        f"Measured with `{invocation.strip()}` on {dt.date.today().isoformat()}: {cpu_model()}, {cores} logical CPUs visible "
         f"(shared by client and server; 1-minute load average {load_before:.1f} at the start), Python {platform.python_version()}, onnxruntime {onnxruntime.__version__}, "
         f"model `{model.version}`, server `--threads {args.threads}`. Customers are real ones from `{args.data}` active at "
         f"{args.as_of}, with {mean_events:.0f} events each on average (before merging order lines); the {skipped} with more "

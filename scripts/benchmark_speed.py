@@ -135,15 +135,10 @@ def run_measured(cmd: list[str], *, cwd: Path, log_file: Path, interval_s: float
 
 
 def machine_info() -> dict[str, Any]:
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from seqchurn.utils.machine import cpu_model
     from seqchurn.utils.run_summary import collect_versions
+
+    cpu = cpu_model()
 
     versions = collect_versions(("seqchurn", "numpy", "pandas", "pyarrow", "onnxruntime", "torch", "pytorch-lightning", "lightgbm"))
     return {
@@ -801,8 +796,8 @@ def _limits(r: Results) -> list[str]:
         f"{fmt(floor['rows'] / seq['rows_per_s'], 0)} core-seconds for this log before inference; worker processes spread "
         "that over the cores.",
         "- onnxruntime against eager: most of the GRU's arithmetic is in one GRU layer over up to "
-        f"{seq.get('max_len', 64)} steps, which both engines run as a single fp32 operator, so there is little for graph "
-        "optimisations to fuse (see the optimisation levels above) and both are bound by the same recurrent arithmetic. "
+        f"{seq.get('max_len', 64)} steps, which both engines run as a single fp32 operator. So there is little for graph "
+        "optimisations to fuse (see the optimisation levels above), and both are bound by the same recurrent arithmetic. "
         "int8 weights do not help either, because `quantize_dynamic` leaves the GRU operator in fp32."
         + _transformer_limit(v),
         "- Peak RSS: each worker process holds one partition at a time (the single-process mode about two), and the "

@@ -139,8 +139,8 @@ def test_comparison_picks_seqchurn_row_by_validation():
         {"dataset": "d", "model": "recency", "seed": None, "val_average_precision": 0.50, "test_average_precision": 0.70, "test_auroc": 0.50},
     ]
     lines = comparison_lines(summarise(pd.DataFrame(rows)))
-    # The transformer is best on test but not on validation, so the GRU represents seqchurn;
-    # the baseline side takes the best test value of each metric.
+    # The GRU represents seqchurn because it is best on validation, although the transformer is
+    # best on test. The baseline side takes the best test value of each metric.
     assert lines[0].startswith("- d, test PR-AUC: seqchurn loses by -0.1000 (gru 0.6000 vs recency 0.7000)")
     assert lines[1].startswith("- d, test AUROC: seqchurn loses by -0.0400 (gru 0.6000 vs logreg 0.6400)")
 

@@ -384,7 +384,7 @@ def test_declared_hash_buckets_let_shards_skip(synthetic, tmp_path):
     assert stats.pieces == N_PARTITIONS // 2
     assert sorted(Path(f).parent.name for f in report.files) == ["bucket=00001", "bucket=00003"]
     assert (shard_of(part["customer_id"], 2) == 1).all()
-    # A wrong declaration is caught: with 8 declared buckets, bucket=00001 also holds customers of bucket 5.
+    # A wrong declaration is caught: with 8 declared buckets, bucket=00001 also contains customers of bucket 5.
     cfg["sources"][0]["hash_buckets"] = 8
     with pytest.raises(InputError, match="partitions"):
         score.score_log(LogSpec.from_config(cfg), model, AS_OF, progress=False, shard=(1, 2))

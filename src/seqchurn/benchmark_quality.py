@@ -42,6 +42,7 @@ from seqchurn.data.io import load_events
 from seqchurn.data.labels import make_split_snapshots, plan_splits
 from seqchurn.data.sequences import build_arrays, collapse_orders
 from seqchurn.metrics import auroc, average_precision, binary_report
+from seqchurn.utils.machine import cpu_model
 
 log = logging.getLogger(__name__)
 register_resolvers()
@@ -674,17 +675,6 @@ def comparison_lines(summary: pd.DataFrame, intervals: dict[str, dict[str, tuple
 
 
 # -- environment ---------------------------------------------------------------------------
-
-
-def cpu_model() -> str:
-    """Return the CPU model name from /proc/cpuinfo, or ``platform.processor()`` elsewhere."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def git_revision() -> str:

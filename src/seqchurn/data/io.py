@@ -62,7 +62,7 @@ class SourceSpec:
     csv_delimiter: str = ","
     csv_invalid_rows: str = "error"  # error | skip: a row with the wrong number of fields
     encoding: str = "utf8"
-    hash_buckets: int | None = None  # bucket=b holds the customers with shard_of(id, hash_buckets) == b
+    hash_buckets: int | None = None  # bucket=b contains the customers with shard_of(id, hash_buckets) == b
     start: str | None = None  # keep rows at or after this local time
     before: str | None = None  # keep rows before this local time
 

@@ -279,7 +279,7 @@ def _days(delta: pd.Series) -> np.ndarray:
 def static_features(hist: pd.DataFrame, n_rows: int, activity_types: list[str]) -> np.ndarray:
     """Per-snapshot features over the whole history before the cutoff: ``(N, S)`` float64 (raw).
 
-    ``hist`` holds the history rows sorted by ``row``, as :func:`_history` returns them,
+    ``hist`` contains the history rows sorted by ``row``, as :func:`_history` returns them,
     plus an ``age_days`` column (days before the cutoff).
     """
     out = np.zeros((n_rows, len(STATIC_FEATURES)), dtype=np.float64)

@@ -301,3 +301,18 @@ def test_skipped_row_text_not_logged_with_pseudonymisation(tmp_path, caplog):
     assert report.dropped["malformed_csv_row"] == 1
     assert "row 4: expected 4 fields but found 2" in caplog.text
     assert "secret-id" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("csv_options", "message"),
+    [
+        ("skip", "to be a mapping"),
+        ({"header": "no"}, "csv.header` to be true or false"),
+        ({"delimiter": ";;"}, "csv.delimiter` to be one character"),
+        ({"delimiter": ""}, "csv.delimiter` to be one character"),
+    ],
+)
+def test_invalid_csv_options_rejected(tmp_path, csv_options, message):
+    p = write_csv(tmp_path / "log.csv", "cid,ts,type,amt\nc0,2021-01-01T10:00:00Z,buy,1\n")
+    with pytest.raises(InputError, match=message):
+        load_events(cfg(p, source={"csv": csv_options}))

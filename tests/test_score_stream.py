@@ -384,10 +384,25 @@ def test_declared_hash_buckets_let_shards_skip(synthetic, tmp_path):
     assert stats.pieces == N_PARTITIONS // 2
     assert sorted(Path(f).parent.name for f in report.files) == ["bucket=00001", "bucket=00003"]
     assert (shard_of(part["customer_id"], 2) == 1).all()
+    assert report.rows_read == report.rows_kept + sum(report.dropped.values())
     # A wrong declaration is caught: with 8 declared buckets, bucket=00001 also contains customers of bucket 5.
     cfg["sources"][0]["hash_buckets"] = 8
-    with pytest.raises(InputError, match="partitions"):
+    with pytest.raises(InputError, match="Correct `hash_buckets`"):
         score.score_log(LogSpec.from_config(cfg), model, AS_OF, progress=False, shard=(1, 2))
+
+
+def test_too_few_declared_buckets_warn(synthetic, tmp_path, caplog):
+    log_dir, model_dir = synthetic
+    cfg = synthetic_data_config(log_dir)
+    cfg["sources"][0]["hash_buckets"] = 2  # the log has 4 bucket= partitions
+    with caplog.at_level("WARNING", logger="seqchurn.score"):
+        part, report, stats = score.score_log(LogSpec.from_config(cfg), score.load_model(model_dir), AS_OF, progress=False, shard=(0, 2))
+    assert stats.pieces == N_PARTITIONS
+    assert "not one of the 2 declared hash buckets" in caplog.text
+    # Every partition was read, so the other shard's rows are counted as dropped.
+    assert report.dropped["other_shard"] > 0
+    assert report.rows_read == report.rows_kept + sum(report.dropped.values())
+    assert (shard_of(part["customer_id"], 2) == 0).all()
 
 
 @pytest.mark.parametrize("value", [0, -1, "4", True, 2.5])

@@ -390,7 +390,6 @@ def take_shard(events: pd.DataFrame, shard: tuple[int, int], bucket: HashBucket 
     keep = mine[codes]
     if keep.all():
         return events
-    # Other shards' rows are another process's work, not dropped data: they are not counted as dropped.
     return events.loc[keep].reset_index(drop=True)
 
 
@@ -484,7 +483,12 @@ def prepare_piece(piece: Piece, log_spec: LogSpec, report: LoadReport, shard: tu
         if file not in report.files:
             report.files.append(file)
         frame = canonicalise(table, src, log_spec, report, file=file, first_row=first_row)
-        frames.append(take_shard(frame, shard, piece.bucket) if shard is not None else frame)
+        if shard is not None:
+            mine = take_shard(frame, shard, piece.bucket)
+            # Other shards score these rows; counting them keeps rows_read == rows_kept + sum(dropped).
+            report.drop("other_shard", len(frame) - len(mine))
+            frame = mine
+        frames.append(frame)
     return finalise(frames, report)
 
 
@@ -681,7 +685,8 @@ class HashBucket:
                 f"customer {customer_ids[i]!r} is in partition bucket={self.index}, but seqchurn's customer hash puts it in "
                 f"bucket {int(hashes[i] % np.uint64(self.count))} of {self.count}, so a shard cannot skip the other partitions",
                 file=self.path,
-                hint=f"Score this log without `shard`, or remove {HASH_PARTITIONED_FILE} if the log was re-partitioned after `seqchurn synth` wrote it",
+                hint=f"Correct `hash_buckets` on the source in the data config, or remove {HASH_PARTITIONED_FILE} if the log was "
+                "re-partitioned after `seqchurn synth` wrote it, or score this log without `shard`",
             )
 
 
@@ -735,7 +740,11 @@ def shard_partitions(log_spec: LogSpec, partitions: list[PartitionRef], shard: t
         name = Path(ref.path).name
         number = name.removeprefix("bucket=")
         if not name.startswith("bucket=") or not number.isdigit() or int(number) >= count:
-            return partitions  # a partition outside the declared buckets: read everything
+            log.warning(
+                "partition %s is not one of the %d declared hash buckets, so shard %d/%d reads every partition; "
+                "check `hash_buckets` in the data config", ref.path, count, index, shards,
+            )
+            return partitions
         if int(number) % shards == index:
             chosen.append(dataclasses.replace(ref, bucket=HashBucket(int(number), count, ref.path)))
     return chosen

@@ -109,6 +109,8 @@ class LogSpec:
             if unknown:
                 raise InputError(f"data source {src['path']} maps unknown roles {sorted(unknown)}; valid roles are {list(ROLES)}")
             csv_options = src.get("csv") or {}
+            if not isinstance(csv_options, Mapping):
+                raise InputError(f"Expected `csv` of data source {src['path']} to be a mapping of options, but got {csv_options!r}", hint=f"Use keys from {list(CSV_OPTIONS)}")
             unknown_csv = sorted(str(k) for k in csv_options if k not in CSV_OPTIONS)
             if unknown_csv:
                 raise InputError(f"data source {src['path']} has unknown `csv` option(s) {unknown_csv}; valid options are {list(CSV_OPTIONS)}")
@@ -117,7 +119,7 @@ class LogSpec:
                     path=str(src["path"]),
                     columns=dict(src["columns"]),
                     format=src.get("format"),
-                    csv_header=bool(csv_options.get("header", True)),
+                    csv_header=csv_options.get("header", True),
                     csv_names=csv_options.get("names"),
                     csv_delimiter=csv_options.get("delimiter", ","),
                     csv_invalid_rows=str(csv_options.get("invalid_rows", "error")),
@@ -192,6 +194,10 @@ class LogSpec:
                     f"Expected `hash_buckets` to be a positive integer (the number of bucket= partitions), but got {buckets!r}",
                     file=src.path, hint="Set it only when bucket=b holds exactly the customers with seqchurn.data.sharding.shard_of(id, n) == b",
                 )
+            if not isinstance(src.csv_header, bool):
+                raise InputError(f"Expected `csv.header` to be true or false, but got {src.csv_header!r}", file=src.path)
+            if not isinstance(src.csv_delimiter, str) or len(src.csv_delimiter) != 1:
+                raise InputError(f"Expected `csv.delimiter` to be one character, but got {src.csv_delimiter!r}", file=src.path, hint='Use "," or ";" or "\\t"')
             if src.csv_invalid_rows not in INVALID_ROW_ACTIONS:
                 raise InputError(f"Expected `csv.invalid_rows` to be error or skip, but got {src.csv_invalid_rows!r}", file=src.path)
             if not src.columns.get("amount") and not (src.columns.get("quantity") and src.columns.get("unit_price")):
